@@ -1,0 +1,109 @@
+"""The key map between transformers' DeiT/ViT checkpoints and our variables.
+
+Source names are canonicalized by stripping the backbone prefix (`deit.` or `vit.`), so a bare
+model, a task model and the ViT layout all share one table. Each row maps one of our variable
+paths to the source tensor(s) it is made from and the transform between the layouts.
+"""
+
+import numpy as np
+
+BACKBONE_PREFIXES = ("deit.", "vit.")
+
+
+def same(x):
+    return x
+
+
+def dense_kernel(w):
+    """torch Linear (out, in) -> Keras (in, out)."""
+    return w.T
+
+
+def conv_kernel(w):
+    """torch Conv2d (out, in, kh, kw) -> Keras (kh, kw, in, out)."""
+    return w.transpose(2, 3, 1, 0)
+
+
+def conv1x1_as_dense_kernel(w):
+    """torch 1x1 Conv2d (out, in, 1, 1) -> a dense kernel (in, out)."""
+    return w[:, :, 0, 0].T
+
+
+def fused_qkv_kernel(q, k, v):
+    """Three torch Linear weights (d, d) -> one (d, 3d) kernel with columns [q | k | v]."""
+    return np.concatenate([q, k, v], axis=0).T
+
+
+def fused_qkv_bias(q, k, v):
+    return np.concatenate([q, k, v], axis=0)
+
+
+_BLOCK = "encoder/layer_{i}/"
+_HF_BLOCK = "encoder.layer.{i}."
+_QKV = tuple(_HF_BLOCK + f"attention.attention.{n}" for n in ("query", "key", "value"))
+
+# (our variable path, source name or names, transform). `{i}` is the block index.
+BACKBONE_MAP = [
+    ("embeddings/cls_token", "embeddings.cls_token", same),
+    ("embeddings/distillation_token", "embeddings.distillation_token", same),
+    ("embeddings/position_embeddings", "embeddings.position_embeddings", same),
+    ("embeddings/patch_embeddings/kernel", "embeddings.patch_embeddings.projection.weight", conv_kernel),
+    ("embeddings/patch_embeddings/bias", "embeddings.patch_embeddings.projection.bias", same),
+    (_BLOCK + "layernorm_before/gamma", _HF_BLOCK + "layernorm_before.weight", same),
+    (_BLOCK + "layernorm_before/beta", _HF_BLOCK + "layernorm_before.bias", same),
+    (_BLOCK + "attention/qkv_kernel", tuple(n + ".weight" for n in _QKV), fused_qkv_kernel),
+    (_BLOCK + "attention/qkv_bias", tuple(n + ".bias" for n in _QKV), fused_qkv_bias),
+    (_BLOCK + "attention/output_kernel", _HF_BLOCK + "attention.output.dense.weight", dense_kernel),
+    (_BLOCK + "attention/output_bias", _HF_BLOCK + "attention.output.dense.bias", same),
+    (_BLOCK + "layernorm_after/gamma", _HF_BLOCK + "layernorm_after.weight", same),
+    (_BLOCK + "layernorm_after/beta", _HF_BLOCK + "layernorm_after.bias", same),
+    (_BLOCK + "mlp/fc1_kernel", _HF_BLOCK + "intermediate.dense.weight", dense_kernel),
+    (_BLOCK + "mlp/fc1_bias", _HF_BLOCK + "intermediate.dense.bias", same),
+    (_BLOCK + "mlp/fc2_kernel", _HF_BLOCK + "output.dense.weight", dense_kernel),
+    (_BLOCK + "mlp/fc2_bias", _HF_BLOCK + "output.dense.bias", same),
+    ("layernorm/gamma", "layernorm.weight", same),
+    ("layernorm/beta", "layernorm.bias", same),
+]
+
+# Parts a model may lack, or a checkpoint may lack: filled fresh (and reported) when missing,
+# dropped (and reported) when the model has no place for them.
+OPTIONAL_MAP = [
+    ("embeddings/mask_token", "embeddings.mask_token", same),
+    ("pooler/dense/kernel", "pooler.dense.weight", dense_kernel),
+    ("pooler/dense/bias", "pooler.dense.bias", same),
+    ("classifier/kernel", "classifier.weight", dense_kernel),
+    ("classifier/bias", "classifier.bias", same),
+    ("cls_classifier/kernel", "cls_classifier.weight", dense_kernel),
+    ("cls_classifier/bias", "cls_classifier.bias", same),
+    ("distillation_classifier/kernel", "distillation_classifier.weight", dense_kernel),
+    ("distillation_classifier/bias", "distillation_classifier.bias", same),
+    ("decoder/kernel", "decoder.0.weight", conv1x1_as_dense_kernel),
+    ("decoder/bias", "decoder.0.bias", same),
+]
+
+
+def canonicalize(tensors):
+    """Strips the backbone prefix so bare and task checkpoints use the same names."""
+    out = {}
+    for name, value in tensors.items():
+        for prefix in BACKBONE_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        out[name] = value
+    return out
+
+
+def expand(table, num_layers):
+    """Rows with `{i}` repeated for every block; sources always as tuples."""
+    rows = []
+    for path, sources, transform in table:
+        sources = sources if isinstance(sources, tuple) else (sources,)
+        indices = range(num_layers) if "{i}" in path else [None]
+        for i in indices:
+            rows.append((
+                path.format(i=i),
+                tuple(s.format(i=i) for s in sources),
+                transform,
+            ))
+    return rows

@@ -1,0 +1,23 @@
+"""keras-deit: DeiT (Data-efficient Image Transformers) for Keras 3 on TensorFlow, JAX and PyTorch."""
+
+from keras_deit.config import DeiTConfig
+from keras_deit.layers import (
+    DeiTAttention,
+    DeiTEmbeddings,
+    DeiTEncoder,
+    DeiTLayer,
+    DeiTMaskedImageModelingDecoder,
+    DeiTMLP,
+    DeiTPatchEmbeddings,
+    DeiTPooler,
+)
+from keras_deit.losses import masked_image_modeling_loss
+from keras_deit.models import (
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    DeiTForMaskedImageModeling,
+    DeiTModel,
+    DeiTPreTrainedModel,
+)
+
+__version__ = "0.1.0"

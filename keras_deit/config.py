@@ -1,0 +1,340 @@
+"""`DeiTConfig`: the architecture of a DeiT model, read from and written to HF `config.json`."""
+
+import copy
+import json
+import os
+
+# Activations a config may name, with the Keras activation each one means. "gelu" is the exact
+# (erf) form used by every DeiT release; "gelu_new" and friends are the tanh approximation.
+ACTIVATIONS = {
+    "gelu": "gelu_exact",
+    "gelu_python": "gelu_exact",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "linear": "linear",
+}
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# Keys that transformers writes into every config.json; we read them, and never warn about them.
+_HF_BOOKKEEPING = ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype")
+
+
+def _pair(value, name):
+    """Returns `value` as an (height, width) tuple of positive ints."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive int or a pair of positive ints. Received: {name}={value!r}"
+        )
+    return tuple(value)
+
+
+class DeiTConfig:
+    """The hyper-parameters of a DeiT (or plain ViT) model.
+
+    Fields and defaults are those of transformers' `DeiTConfig` (deit-base at 224px), plus:
+
+    - `num_labels` / `id2label` / `label2id` / `problem_type` for the classification heads;
+    - `use_distillation_token`: True for DeiT (token layout `[CLS, DIST, patches]`); False for the
+      non-distilled checkpoints, which the hub stores as ViT (`[CLS, patches]`);
+    - `class_token_position_embedding`: True for DeiT v1/ViT (position embeddings cover the prefix
+      tokens); False for DeiT III, which adds them to the patches only;
+    - `layer_scale_init_value`: None, or the initial LayerScale value (DeiT III) that scales each
+      residual branch by a learned per-channel vector;
+    - `drop_path_rate`: stochastic depth, linearly increasing over the blocks (training only).
+
+    Unknown keys read from a `config.json` are kept in `extra` and written back unchanged.
+    """
+
+    model_type = "deit"
+
+    def __init__(
+        self,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.02,
+        layer_norm_eps=1e-12,
+        image_size=224,
+        patch_size=16,
+        num_channels=3,
+        qkv_bias=True,
+        encoder_stride=16,
+        pooler_output_size=None,
+        pooler_act="tanh",
+        num_labels=None,
+        id2label=None,
+        label2id=None,
+        problem_type=None,
+        use_distillation_token=True,
+        class_token_position_embedding=True,
+        layer_scale_init_value=None,
+        drop_path_rate=0.0,
+        extra=None,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.qkv_bias = qkv_bias
+        self.encoder_stride = encoder_stride
+        self.pooler_output_size = pooler_output_size
+        self.pooler_act = pooler_act
+        self.id2label, self.label2id = _labels(num_labels, id2label, label2id)
+        self.problem_type = problem_type
+        self.use_distillation_token = use_distillation_token
+        self.class_token_position_embedding = class_token_position_embedding
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
+        self.extra = dict(extra or {})
+        self.validate()
+
+    # ---- derived values -------------------------------------------------------------------
+    @property
+    def num_labels(self):
+        """Number of classes of the classification heads."""
+        return len(self.id2label)
+
+    @property
+    def image_hw(self):
+        """The configured input size as (height, width)."""
+        return _pair(self.image_size, "image_size")
+
+    @property
+    def patch_hw(self):
+        """The patch size as (height, width)."""
+        return _pair(self.patch_size, "patch_size")
+
+    @property
+    def grid_size(self):
+        """The patch grid (rows, columns) of an input of the configured size."""
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        return h // ph, w // pw
+
+    @property
+    def num_patches(self):
+        """Number of patch tokens at the configured size."""
+        rows, cols = self.grid_size
+        return rows * cols
+
+    @property
+    def num_prefix_tokens(self):
+        """1 (class token) or 2 (class and distillation tokens)."""
+        return 2 if self.use_distillation_token else 1
+
+    @property
+    def head_dim(self):
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self):
+        """Raises `ValueError` naming the first inconsistent field and how to fix it."""
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "num_channels", "encoder_stride"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                "`hidden_size` must be divisible by `num_attention_heads` so that every head has "
+                f"the same width. Received: hidden_size={self.hidden_size}, "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        if h % ph or w % pw:
+            raise ValueError(
+                "`image_size` must be divisible by `patch_size`: pick an image size that is a "
+                f"multiple of the patch. Received: image_size={self.image_size}, "
+                f"patch_size={self.patch_size}"
+            )
+        for name in ("hidden_act", "pooler_act"):
+            if getattr(self, name) not in ACTIVATIONS:
+                raise ValueError(
+                    f"Unknown activation `{name}`={getattr(self, name)!r}. "
+                    f"Use one of {sorted(ACTIVATIONS)}."
+                )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
+        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
+            raise ValueError(
+                f"`layer_norm_eps` must be a positive number. Received: {self.layer_norm_eps!r}"
+            )
+        if self.pooler_output_size is not None and (
+            not isinstance(self.pooler_output_size, int) or self.pooler_output_size <= 0
+        ):
+            raise ValueError(
+                "`pooler_output_size` must be None or a positive int. "
+                f"Received: pooler_output_size={self.pooler_output_size!r}"
+            )
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"`problem_type` must be None or one of {PROBLEM_TYPES}. "
+                f"Received: problem_type={self.problem_type!r}"
+            )
+        if self.layer_scale_init_value is not None and not isinstance(
+            self.layer_scale_init_value, (int, float)
+        ):
+            raise ValueError(
+                "`layer_scale_init_value` must be None or a number. "
+                f"Received: {self.layer_scale_init_value!r}"
+            )
+
+    # ---- (de)serialization ----------------------------------------------------------------
+    def to_dict(self):
+        """A JSON-ready dict in the HF `config.json` layout (label keys as strings)."""
+        out = dict(self.extra)
+        out.update(
+            model_type=self.model_type if self.use_distillation_token else "vit",
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            hidden_act=self.hidden_act,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+            initializer_range=self.initializer_range,
+            layer_norm_eps=self.layer_norm_eps,
+            image_size=list(self.image_size) if isinstance(self.image_size, tuple) else self.image_size,
+            patch_size=list(self.patch_size) if isinstance(self.patch_size, tuple) else self.patch_size,
+            num_channels=self.num_channels,
+            qkv_bias=self.qkv_bias,
+            encoder_stride=self.encoder_stride,
+            pooler_output_size=self.pooler_output_size,
+            pooler_act=self.pooler_act,
+            id2label={str(k): v for k, v in self.id2label.items()},
+            label2id=dict(self.label2id),
+            problem_type=self.problem_type,
+            use_distillation_token=self.use_distillation_token,
+            class_token_position_embedding=self.class_token_position_embedding,
+            layer_scale_init_value=self.layer_scale_init_value,
+            drop_path_rate=self.drop_path_rate,
+        )
+        return out
+
+    @classmethod
+    def from_dict(cls, data):
+        """Builds a config from an HF `config.json` dict (DeiT or ViT `model_type`)."""
+        data = dict(data)
+        model_type = data.get("model_type", "deit")
+        if model_type not in ("deit", "vit"):
+            raise ValueError(
+                f"This is a config for model_type={model_type!r}, not DeiT: load it with the "
+                "library that provides that architecture, or pass a DeiT/ViT checkpoint."
+            )
+        data.setdefault("use_distillation_token", model_type == "deit")
+        known = set(_init_args())
+        kwargs = {k: data.pop(k) for k in list(data) if k in known}
+        if "id2label" in kwargs and kwargs["id2label"] is not None:
+            kwargs["id2label"] = {int(k): v for k, v in kwargs["id2label"].items()}
+        if isinstance(kwargs.get("image_size"), list):
+            kwargs["image_size"] = tuple(kwargs["image_size"])
+        if isinstance(kwargs.get("patch_size"), list):
+            kwargs["patch_size"] = tuple(kwargs["patch_size"])
+        # A DeiT and a ViT config differ only in the bookkeeping keys; drop them so that
+        # writing back picks the one that matches `use_distillation_token`.
+        for key in ("model_type", "architectures"):
+            data.pop(key, None)
+        return cls(**kwargs, extra=data)
+
+    @classmethod
+    def from_json(cls, path):
+        """Reads an HF `config.json` file (or a folder holding one)."""
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No config file at {path!r}.") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path!r} is not valid JSON ({e}); the file may be truncated.") from None
+        return cls.from_dict(data)
+
+    def to_json(self, path):
+        """Writes the config as an HF `config.json` (to `path`, or into the folder `path`)."""
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_preset(cls, name):
+        """The config of a named official checkpoint (see `keras_deit.presets`)."""
+        from keras_deit.presets import preset_config
+
+        return preset_config(name)
+
+    def replace(self, **changes):
+        """A copy with some fields changed (and validated)."""
+        data = self.to_dict()
+        if "num_labels" in changes or "id2label" in changes:
+            data.pop("id2label"), data.pop("label2id")
+        data.update(changes)
+        return type(self).from_dict(data)
+
+    def copy(self):
+        """A deep copy."""
+        return copy.deepcopy(self)
+
+    def __eq__(self, other):
+        return isinstance(other, DeiTConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()
+                           if k not in ("id2label", "label2id") and k not in self.extra)
+        return f"DeiTConfig({fields}, num_labels={self.num_labels})"
+
+
+def _init_args():
+    import inspect
+
+    return [p for p in inspect.signature(DeiTConfig.__init__).parameters if p not in ("self", "extra")]
+
+
+def _labels(num_labels, id2label, label2id):
+    """Resolves the label maps as transformers does: id2label wins, else num_labels (default 2)."""
+    if id2label is not None:
+        id2label = {int(k): str(v) for k, v in id2label.items()}
+        if num_labels is not None and num_labels != len(id2label):
+            raise ValueError(
+                f"`num_labels`={num_labels} disagrees with the {len(id2label)} entries of "
+                "`id2label`: pass one of them."
+            )
+    else:
+        if num_labels is None:
+            num_labels = 2
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 0:
+            raise ValueError(f"`num_labels` must be an int >= 0. Received: num_labels={num_labels!r}")
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    if label2id is None or len(label2id) != len(id2label):
+        label2id = {v: k for k, v in id2label.items()}
+    return id2label, {str(k): int(v) for k, v in label2id.items()}

@@ -1,0 +1,504 @@
+"""The DeiT models: functional `keras.Model`s that mirror transformers' DeiT classes.
+
+Each model builds its graph in `__init__` in three sections (layers / functional model /
+config), so it has a class name, a static graph, and a `get_config` that rebuilds it. Outputs
+are dicts keyed by the transformers names (`last_hidden_state`, `logits`, ...).
+"""
+
+import keras
+from keras import ops
+
+from keras_deit.config import DeiTConfig
+from keras_deit.layers import (
+    DeiTEmbeddings,
+    DeiTEncoder,
+    DeiTMaskedImageModelingDecoder,
+    DeiTPooler,
+)
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def _as_config(config):
+    if isinstance(config, DeiTConfig):
+        return config
+    if isinstance(config, dict):
+        return DeiTConfig.from_dict(config)
+    raise ValueError(
+        "`config` must be a DeiTConfig (or its dict form). "
+        f"Received: config of type {type(config).__name__}"
+    )
+
+
+class DeiTPreTrainedModel(keras.Model):
+    """Behaviour shared by all DeiT models: the bundled config, input checks, loading.
+
+    Attributes:
+        config: the `DeiTConfig` the model was built from.
+        data_format: "channels_last" (inputs (batch, H, W, C)) or "channels_first" (HF's NCHW).
+        interpolate_pos_encoding: whether inputs of other sizes are accepted.
+    """
+
+    # Options every model takes, with their defaults; subclasses add their own.
+    _options = dict(
+        output_hidden_states=False,
+        output_attentions=False,
+        interpolate_pos_encoding=False,
+        data_format="channels_last",
+        head_mask=None,
+    )
+
+    @classmethod
+    def from_pretrained(cls, source, **kwargs):
+        """Builds this model and fills it from a checkpoint.
+
+        `source` is a local HF folder (`config.json` plus `model.safetensors`,
+        `pytorch_model.bin` or `tf_model.h5`), an original `.pth` file, a preset name or a hub
+        id; see `conversion.load_pretrained` for the keyword arguments (`strict`, `num_labels`,
+        model options, ...). The format readers live in the `conversion` package, which is
+        imported here, on first use, so that the modelling code stays free of them.
+        """
+        from conversion import load_pretrained
+
+        return load_pretrained(cls, source, **kwargs)
+
+    # ---- input checks ---------------------------------------------------------------------
+    def __call__(self, inputs, *args, **kwargs):
+        self._check_inputs(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _check_inputs(self, inputs):
+        """Names the problem and the fix before Keras' generic shape error can."""
+        pixel_values = inputs["pixel_values"] if isinstance(inputs, dict) else inputs
+        shape = getattr(pixel_values, "shape", None)
+        if shape is None:
+            return
+        shape = tuple(shape)
+        cfg = self.config
+        layout = "(batch, channels, height, width)" if self.data_format == "channels_first" else (
+            "(batch, height, width, channels)"
+        )
+        if len(shape) != 4:
+            raise ValueError(
+                f"Expected a batch of images of shape {layout}, got rank {len(shape)}. "
+                f"Received: shape={shape}. Add a batch axis for a single image."
+            )
+        if self.data_format == "channels_first":
+            channels, spatial = shape[1], shape[2:]
+        else:
+            channels, spatial = shape[3], shape[1:3]
+        if channels is not None and channels != cfg.num_channels:
+            other = shape[3] if self.data_format == "channels_first" else shape[1]
+            hint = (
+                " The images look like they are in the other layout: build the model with "
+                f"data_format={'channels_last' if self.data_format == 'channels_first' else 'channels_first'!r}."
+                if other == cfg.num_channels
+                else " Convert grayscale or RGBA images to RGB first."
+            )
+            raise ValueError(
+                f"Expected {cfg.num_channels} channels in a {self.data_format} batch {layout}. "
+                f"Received: shape={shape}.{hint}"
+            )
+        for size, patch, axis in zip(spatial, cfg.patch_hw, ("height", "width")):
+            if size is not None and size % patch:
+                raise ValueError(
+                    f"Image {axis} {size} is not divisible by the patch size {patch}. "
+                    f"Received: shape={shape}. Resize or crop to a multiple of {patch}."
+                )
+        if not self.interpolate_pos_encoding and None not in spatial and tuple(spatial) != cfg.image_hw:
+            raise ValueError(
+                f"Input image size {tuple(spatial)} doesn't match the model's {cfg.image_hw}. "
+                f"Received: shape={shape}. Resize the images to {cfg.image_hw}, or build the "
+                "model with interpolate_pos_encoding=True to resample the position embeddings."
+            )
+
+    # ---- serialization --------------------------------------------------------------------
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
+        config.update({key: getattr(self, key) for key in self._options})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def _set_options(self, config, options):
+        self.config = config
+        for key, value in options.items():
+            setattr(self, key, value)
+
+
+def _check_options(data_format):
+    if data_format not in DATA_FORMATS:
+        raise ValueError(
+            f"`data_format` must be one of {DATA_FORMATS}. Received: data_format={data_format!r}"
+        )
+
+
+def _pixel_values_input(config, interpolate_pos_encoding, data_format):
+    """The `pixel_values` Input; spatial size left open when the model interpolates."""
+    h, w = (None, None) if interpolate_pos_encoding else config.image_hw
+    c = config.num_channels
+    shape = (c, h, w) if data_format == "channels_first" else (h, w, c)
+    return keras.Input(shape=shape, name="pixel_values")
+
+
+def _bool_masked_pos_input(config, interpolate_pos_encoding):
+    length = None if interpolate_pos_encoding else config.num_patches
+    return keras.Input(shape=(length,), dtype="bool", name="bool_masked_pos")
+
+
+def _forward_extras(source, outputs):
+    """Copies `hidden_states` / `attentions` from the backbone's outputs, when present."""
+    for key in ("hidden_states", "attentions"):
+        if key in source:
+            outputs[key] = source[key]
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package="keras_deit")
+class DeiTModel(DeiTPreTrainedModel):
+    """The bare DeiT encoder (transformers' `DeiTModel`).
+
+    Args:
+        config: a `DeiTConfig`.
+        add_pooling_layer: bool, add the tanh pooler on the class token (`pooler_output`).
+        use_mask_token: bool, take a second input `bool_masked_pos` (batch, num_patches) and
+            replace masked patches by a learned mask token (SimMIM). The inputs are then a dict
+            `{"pixel_values", "bool_masked_pos"}`.
+        output_hidden_states: bool, add `hidden_states`: the embeddings and every block's output.
+        output_attentions: bool, add `attentions`: (batch, heads, seq, seq) per block.
+        interpolate_pos_encoding: bool, accept any input size divisible by the patch, resampling
+            the position embeddings (PyTorch bicubic, as transformers).
+        data_format: "channels_last" (batch, H, W, C) or "channels_first" (batch, C, H, W).
+        head_mask: optional (num_heads,) or (num_layers, num_heads) values in [0, 1] that scale
+            each head's attention probabilities.
+
+    Inputs:
+        pixel_values (batch, H, W, C), preprocessed float images (or the dict above).
+
+    Outputs:
+        dict: `last_hidden_state` (batch, prefix + patches, hidden) after the final LayerNorm,
+        `pooler_output` (batch, pooler_output_size), and the optional entries above.
+    """
+
+    _options = dict(DeiTPreTrainedModel._options, add_pooling_layer=True, use_mask_token=False)
+
+    def __init__(
+        self,
+        config,
+        add_pooling_layer=True,
+        use_mask_token=False,
+        output_hidden_states=False,
+        output_attentions=False,
+        interpolate_pos_encoding=False,
+        data_format="channels_last",
+        head_mask=None,
+        **kwargs,
+    ):
+        config = _as_config(config)
+        _check_options(data_format)
+
+        # === Layers ===
+        to_channels_last = (
+            keras.layers.Permute((2, 3, 1), name="to_channels_last")
+            if data_format == "channels_first"
+            else None
+        )
+        embeddings = DeiTEmbeddings(
+            config.hidden_size,
+            config.patch_size,
+            config.image_size,
+            num_channels=config.num_channels,
+            use_distillation_token=config.use_distillation_token,
+            use_mask_token=use_mask_token,
+            class_token_position_embedding=config.class_token_position_embedding,
+            dropout=config.hidden_dropout_prob,
+            initializer_range=config.initializer_range,
+            name="embeddings",
+        )
+        encoder = DeiTEncoder(
+            config.num_hidden_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            hidden_act=config.hidden_act,
+            qkv_bias=config.qkv_bias,
+            layer_norm_eps=config.layer_norm_eps,
+            hidden_dropout=config.hidden_dropout_prob,
+            attention_dropout=config.attention_probs_dropout_prob,
+            drop_path_rate=config.drop_path_rate,
+            layer_scale_init_value=config.layer_scale_init_value,
+            head_mask=head_mask,
+            initializer_range=config.initializer_range,
+            name="encoder",
+        )
+        layernorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layernorm")
+        pooler = (
+            DeiTPooler(
+                config.pooler_output_size or config.hidden_size,
+                config.pooler_act,
+                initializer_range=config.initializer_range,
+                name="pooler",
+            )
+            if add_pooling_layer
+            else None
+        )
+
+        # === Functional model ===
+        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
+        inputs = pixel_values
+        bool_masked_pos = None
+        if use_mask_token:
+            bool_masked_pos = _bool_masked_pos_input(config, interpolate_pos_encoding)
+            inputs = {"pixel_values": pixel_values, "bool_masked_pos": bool_masked_pos}
+        images = to_channels_last(pixel_values) if to_channels_last else pixel_values
+        tokens = embeddings(
+            images,
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        encoded = encoder(
+            tokens, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        sequence = layernorm(encoded["last_hidden_state"])
+        outputs = {"last_hidden_state": sequence}
+        if pooler is not None:
+            outputs["pooler_output"] = pooler(sequence)
+        super().__init__(inputs=inputs, outputs=_forward_extras(encoded, outputs), **kwargs)
+
+        # === Config ===
+        self._set_options(config, dict(
+            add_pooling_layer=add_pooling_layer,
+            use_mask_token=use_mask_token,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            data_format=data_format,
+            head_mask=encoder.head_mask,
+        ))
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.layernorm = layernorm
+        self.pooler = pooler
+
+
+def _backbone(config, name="deit", **options):
+    """A `DeiTModel` without pooler, used as the body of the task models."""
+    return DeiTModel(config, add_pooling_layer=False, name=name, **options)
+
+
+def _classifier(config, name):
+    """Dense(num_labels) on a token; None (identity) when `num_labels` is 0, as transformers."""
+    if config.num_labels == 0:
+        return None
+    return keras.layers.Dense(
+        config.num_labels,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=config.initializer_range),
+        name=name,
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_deit")
+class DeiTForImageClassification(DeiTPreTrainedModel):
+    """DeiT with a linear classifier on the class token (transformers' class of that name).
+
+    This is the fine-tuning head: a distilled backbone keeps its distillation token, but only
+    the class token is classified. For a checkpoint stored as ViT (the non-distilled
+    facebook/deit-*), this is ViTForImageClassification.
+
+    Args:
+        config: a `DeiTConfig`; `num_labels` sets the classifier width.
+        Other arguments as in `DeiTModel`.
+
+    Outputs:
+        dict: `logits` (batch, num_labels), plus `hidden_states` / `attentions` if requested.
+    """
+
+    def __init__(
+        self,
+        config,
+        output_hidden_states=False,
+        output_attentions=False,
+        interpolate_pos_encoding=False,
+        data_format="channels_last",
+        head_mask=None,
+        **kwargs,
+    ):
+        config = _as_config(config)
+        options = dict(
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            data_format=data_format,
+            head_mask=head_mask,
+        )
+
+        # === Layers ===
+        deit = _backbone(config, **options)
+        classifier = _classifier(config, "classifier")
+
+        # === Functional model ===
+        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
+        encoded = deit(pixel_values)
+        class_token = encoded["last_hidden_state"][:, 0]
+        logits = classifier(class_token) if classifier is not None else class_token
+        outputs = _forward_extras(encoded, {"logits": logits})
+        super().__init__(inputs=pixel_values, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self._set_options(config, dict(options, head_mask=deit.head_mask))
+        self.deit = deit
+        self.classifier = classifier
+
+
+@keras.saving.register_keras_serializable(package="keras_deit")
+class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
+    """Distilled DeiT with a class head and a distillation head, averaged at inference.
+
+    `cls_logits` classify the class token, `distillation_logits` the distillation token, and
+    `logits = (cls_logits + distillation_logits) / 2` is the prediction the paper reports.
+    Training the distillation head needs a teacher: see `keras_deit.distillation`.
+
+    Args:
+        config: a `DeiTConfig` with `use_distillation_token=True`.
+        Other arguments as in `DeiTModel`.
+
+    Outputs:
+        dict: `logits`, `cls_logits`, `distillation_logits` (batch, num_labels), plus
+        `hidden_states` / `attentions` if requested.
+    """
+
+    def __init__(
+        self,
+        config,
+        output_hidden_states=False,
+        output_attentions=False,
+        interpolate_pos_encoding=False,
+        data_format="channels_last",
+        head_mask=None,
+        **kwargs,
+    ):
+        config = _as_config(config)
+        if not config.use_distillation_token:
+            raise ValueError(
+                "DeiTForImageClassificationWithTeacher needs a distillation token, and this "
+                "config has none (use_distillation_token=False, e.g. a checkpoint stored as ViT). "
+                "Use DeiTForImageClassification for it."
+            )
+        options = dict(
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            data_format=data_format,
+            head_mask=head_mask,
+        )
+
+        # === Layers ===
+        deit = _backbone(config, **options)
+        cls_classifier = _classifier(config, "cls_classifier")
+        distillation_classifier = _classifier(config, "distillation_classifier")
+
+        # === Functional model ===
+        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
+        encoded = deit(pixel_values)
+        sequence = encoded["last_hidden_state"]
+        cls_logits, distillation_logits = sequence[:, 0], sequence[:, 1]
+        if cls_classifier is not None:
+            cls_logits = cls_classifier(cls_logits)
+            distillation_logits = distillation_classifier(distillation_logits)
+        outputs = {
+            "logits": (cls_logits + distillation_logits) / 2,
+            "cls_logits": cls_logits,
+            "distillation_logits": distillation_logits,
+        }
+        super().__init__(inputs=pixel_values, outputs=_forward_extras(encoded, outputs), **kwargs)
+
+        # === Config ===
+        self._set_options(config, dict(options, head_mask=deit.head_mask))
+        self.deit = deit
+        self.cls_classifier = cls_classifier
+        self.distillation_classifier = distillation_classifier
+
+
+@keras.saving.register_keras_serializable(package="keras_deit")
+class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
+    """DeiT with the SimMIM decoder, reconstructing the image from the patch tokens.
+
+    The decoder reads the patch tokens (`sequence[:, 2:]`, transformers v5; v4 and the TF class
+    read `[:, 1:-1]`, a bug) and upsamples them with a 1x1 convolution and a PyTorch-order pixel
+    shuffle. The loss is `keras_deit.losses.masked_image_modeling_loss`.
+
+    Args:
+        config: a `DeiTConfig` whose `encoder_stride` equals its `patch_size`.
+        Other arguments as in `DeiTModel`.
+
+    Inputs:
+        dict: `pixel_values` (batch, H, W, C), `bool_masked_pos` (batch, num_patches) bool.
+
+    Outputs:
+        dict: `reconstruction`, the size and layout of `pixel_values`, plus `hidden_states` /
+        `attentions` if requested.
+    """
+
+    def __init__(
+        self,
+        config,
+        output_hidden_states=False,
+        output_attentions=False,
+        interpolate_pos_encoding=False,
+        data_format="channels_last",
+        head_mask=None,
+        **kwargs,
+    ):
+        config = _as_config(config)
+        if config.patch_hw != (config.encoder_stride, config.encoder_stride):
+            raise ValueError(
+                "The SimMIM decoder upsamples each patch token by `encoder_stride`, so it must "
+                f"equal the patch size. Received: encoder_stride={config.encoder_stride}, "
+                f"patch_size={config.patch_size}"
+            )
+        options = dict(
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            data_format=data_format,
+            head_mask=head_mask,
+        )
+
+        # === Layers ===
+        deit = _backbone(config, use_mask_token=True, **options)
+        decoder = DeiTMaskedImageModelingDecoder(
+            config.encoder_stride,
+            config.num_channels,
+            data_format=data_format,
+            initializer_range=config.initializer_range,
+            name="decoder",
+        )
+
+        # === Functional model ===
+        inputs = {
+            "pixel_values": _pixel_values_input(config, interpolate_pos_encoding, data_format),
+            "bool_masked_pos": _bool_masked_pos_input(config, interpolate_pos_encoding),
+        }
+        encoded = deit(inputs)
+        patch_tokens = encoded["last_hidden_state"][:, config.num_prefix_tokens:]
+        reconstruction = decoder(patch_tokens, inputs["pixel_values"])
+        outputs = _forward_extras(encoded, {"reconstruction": reconstruction})
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self._set_options(config, dict(options, head_mask=deit.head_mask))
+        self.deit = deit
+        self.decoder = decoder
+
+
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        DeiTModel,
+        DeiTForImageClassification,
+        DeiTForImageClassificationWithTeacher,
+        DeiTForMaskedImageModeling,
+    )
+}
