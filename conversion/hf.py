@@ -5,9 +5,23 @@ model, a task model and the ViT layout all share one table. Each row maps one of
 paths to the source tensor(s) it is made from and the transform between the layouts.
 """
 
+import re
+
 import numpy as np
 
 BACKBONE_PREFIXES = ("deit.", "vit.")
+
+# transformers v5 names its modules differently in memory (`layers.0.attention.q_proj`) and
+# converts back to the names below when it saves; a raw v5 `state_dict()` uses the new ones.
+_V5_RENAMES = [
+    (re.compile(r"^layers\.(\d+)\.attention\.(q|k|v)_proj\."),
+     lambda m: f"encoder.layer.{m[1]}.attention.attention.{dict(q='query', k='key', v='value')[m[2]]}."),
+    (re.compile(r"^layers\.(\d+)\.attention\.o_proj\."),
+     lambda m: f"encoder.layer.{m[1]}.attention.output.dense."),
+    (re.compile(r"^layers\.(\d+)\.mlp\.fc1\."), lambda m: f"encoder.layer.{m[1]}.intermediate.dense."),
+    (re.compile(r"^layers\.(\d+)\.mlp\.fc2\."), lambda m: f"encoder.layer.{m[1]}.output.dense."),
+    (re.compile(r"^layers\.(\d+)\."), lambda m: f"encoder.layer.{m[1]}."),
+]
 
 
 def same(x):
@@ -83,12 +97,17 @@ OPTIONAL_MAP = [
 
 
 def canonicalize(tensors):
-    """Strips the backbone prefix so bare and task checkpoints use the same names."""
+    """Strips the backbone prefix and undoes the v5 in-memory renames, so bare, task and v5
+    checkpoints all use the saved transformers names."""
     out = {}
     for name, value in tensors.items():
         for prefix in BACKBONE_PREFIXES:
             if name.startswith(prefix):
                 name = name[len(prefix):]
+                break
+        for pattern, replacement in _V5_RENAMES:
+            name, count = pattern.subn(replacement, name, count=1)
+            if count:
                 break
         out[name] = value
     return out

@@ -11,6 +11,15 @@ from keras_deit.layers import (
     DeiTPatchEmbeddings,
     DeiTPooler,
 )
+from keras_deit.image_processing import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    DeiTFeatureExtractor,
+    DeiTImageProcessor,
+)
+from keras_deit.layers.preprocessing import DeiTPreprocessing
 from keras_deit.losses import masked_image_modeling_loss
 from keras_deit.models import (
     DeiTForImageClassification,

@@ -22,9 +22,6 @@ ACTIVATIONS = {
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
-# Keys that transformers writes into every config.json; we read them, and never warn about them.
-_HF_BOOKKEEPING = ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype")
-
 
 def _pair(value, name):
     """Returns `value` as an (height, width) tuple of positive ints."""
@@ -102,7 +99,8 @@ class DeiTConfig:
         self.num_channels = num_channels
         self.qkv_bias = qkv_bias
         self.encoder_stride = encoder_stride
-        self.pooler_output_size = pooler_output_size
+        # transformers resolves an unset pooler width to the hidden size.
+        self.pooler_output_size = pooler_output_size or hidden_size
         self.pooler_act = pooler_act
         self.id2label, self.label2id = _labels(num_labels, id2label, label2id)
         self.problem_type = problem_type
@@ -257,10 +255,9 @@ class DeiTConfig:
             kwargs["image_size"] = tuple(kwargs["image_size"])
         if isinstance(kwargs.get("patch_size"), list):
             kwargs["patch_size"] = tuple(kwargs["patch_size"])
-        # A DeiT and a ViT config differ only in the bookkeeping keys; drop them so that
-        # writing back picks the one that matches `use_distillation_token`.
-        for key in ("model_type", "architectures"):
-            data.pop(key, None)
+        # `model_type` follows `use_distillation_token` when written back; `architectures`
+        # and other bookkeeping stay in `extra`.
+        data.pop("model_type", None)
         return cls(**kwargs, extra=data)
 
     @classmethod

@@ -63,14 +63,41 @@ class DeiTPreTrainedModel(keras.Model):
         return load_pretrained(cls, source, **kwargs)
 
     # ---- input checks ---------------------------------------------------------------------
-    def __call__(self, inputs, *args, **kwargs):
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        # Checked here rather than in __call__: JAX's predict/fit reach `call` directly.
         self._check_inputs(inputs)
-        return super().__call__(inputs, *args, **kwargs)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    # The trainer entry points check array inputs before any step runs: on JAX, Keras takes
+    # the variables out of the model for the loop and does not put them back if a step raises.
+    def fit(self, x=None, *args, **kwargs):
+        self._check_inputs(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_inputs(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_inputs(x)
+        return super().predict(x, *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        self._check_inputs(x)
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x, *args, **kwargs):
+        self._check_inputs(x)
+        return super().test_on_batch(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        self._check_inputs(x)
+        return super().predict_on_batch(x)
 
     def _check_inputs(self, inputs):
         """Names the problem and the fix before Keras' generic shape error can."""
-        pixel_values = inputs["pixel_values"] if isinstance(inputs, dict) else inputs
-        shape = getattr(pixel_values, "shape", None)
+        pixel_values = inputs.get("pixel_values") if isinstance(inputs, dict) else inputs
+        shape = getattr(pixel_values, "shape", None)  # None for datasets and generators
         if shape is None:
             return
         shape = tuple(shape)
@@ -123,6 +150,9 @@ class DeiTPreTrainedModel(keras.Model):
         return cls(**config)
 
     def _set_options(self, config, options):
+        # Keras' generic input-spec check would fire before `call` and pre-empt our errors,
+        # which name the fix.
+        self.input_spec = None
         self.config = config
         for key, value in options.items():
             setattr(self, key, value)
@@ -236,7 +266,7 @@ class DeiTModel(DeiTPreTrainedModel):
         layernorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layernorm")
         pooler = (
             DeiTPooler(
-                config.pooler_output_size or config.hidden_size,
+                config.pooler_output_size,
                 config.pooler_act,
                 initializer_range=config.initializer_range,
                 name="pooler",
