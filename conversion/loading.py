@@ -1,5 +1,10 @@
 """Filling a Keras DeiT model from a checkpoint: resolve, read, map, check, assign.
 
+`load_pretrained` takes any source `conversion.sources` knows (preset, URL, hub id, folder,
+file), reads it, works out its config (config.json, or the tensor shapes for timm-layout
+weights), and assigns it through the key map of its naming (`conversion.hf` or
+`conversion.timm`).
+
 Nothing is assigned until every check has passed, and the model is only returned then, so a
 failed load never leaves a half-filled model behind.
 """
@@ -11,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from conversion import hf
+from conversion import hf, sources, timm
 from conversion.readers import CheckpointError, read_checkpoint
 
 # Weight files of an HF folder, in the order transformers prefers them.
@@ -37,11 +42,15 @@ class LoadingInfo:
         fresh: our variables left at their initial values (no or mismatched source tensor).
         dropped: source tensors deliberately not used (a head or part the model does not have).
         source: the file the weights came from.
+        format: the checkpoint's naming, "hf" (transformers) or "timm" (timm / original .pth).
+        preset: the preset the source was named by or belongs to, if any.
     """
 
     fresh: list
     dropped: list
     source: str
+    format: str = "hf"
+    preset: str = None
 
 
 def find_weights_file(folder, weights_file=None):
@@ -59,59 +68,81 @@ def find_weights_file(folder, weights_file=None):
     return os.path.join(folder, present[0])
 
 
-def assign_checkpoint(model, tensors, source="<tensors>", strict=True):
-    """Copies HF-named tensors into `model` after checking all of them.
+# The key maps, by checkpoint naming. Each module provides `canonicalize`, `BACKBONE_MAP` and
+# `OPTIONAL_MAP` (rows of our path, source names, transform).
+KEY_MAPS = {"hf": hf, "timm": timm}
+
+
+def detect_format(tensors):
+    """"timm" for timm / original DeiT names, "hf" for transformers names."""
+    return "timm" if timm.is_timm_state(tensors) else "hf"
+
+
+def assign_checkpoint(model, tensors, source="<tensors>", strict=True, key_map=None,
+                      progress=None):
+    """Copies checkpoint tensors into `model` after checking all of them.
 
     Args:
         model: a DeiT model of this package.
-        tensors: `{name: array}` in transformers' names and PyTorch layouts.
+        tensors: `{name: array}` in PyTorch layouts, named as transformers or timm names them.
         strict: if True (default), a backbone variable with no source, a shape mismatch in the
             backbone, or a source tensor that nothing uses is an error listing every such name.
             Heads, the pooler and the mask token are optional either way: fresh when missing or
-            of another shape (e.g. another `num_labels`), dropped when the model has none.
+            of another shape (e.g. another `num_labels`), dropped when the model has none. A
+            backbone part on one side only (distillation token, LayerScale, qkv bias) is an
+            error either way: the architectures differ.
+        key_map: "hf" or "timm"; detected from the names when None.
+        progress: optional callable `(done, total)` called as variables are assigned.
 
     Returns:
         A `LoadingInfo`.
     """
-    tensors = hf.canonicalize(tensors)
+    key_map = key_map or detect_format(tensors)
+    if key_map not in KEY_MAPS:
+        raise ValueError(f"`key_map` must be one of {sorted(KEY_MAPS)}. Received: {key_map!r}")
+    table = KEY_MAPS[key_map]
+    tensors = table.canonicalize(tensors)
     variables = {v.path: v for v in model.weights}
     num_layers = model.config.num_hidden_layers
-    required = hf.expand(hf.BACKBONE_MAP, num_layers)
-    optional = hf.expand(hf.OPTIONAL_MAP, num_layers)
+    required = hf.expand(table.BACKBONE_MAP, num_layers)
+    optional = hf.expand(table.OPTIONAL_MAP, num_layers)
 
-    updates, fresh, dropped, used = [], [], [], set()
+    updates, fresh, offered, used = [], [], set(), set()
     missing, mismatched = [], []
     for rows, is_required in ((required, True), (optional, False)):
-        for path, sources, transform in rows:
+        for path, names, transform in rows:
             variable = variables.get(path)
-            present = all(s in tensors for s in sources)
+            present = all(s in tensors for s in names)
             if variable is None:
                 if present and not is_required:
-                    dropped.extend(sources)
-                    used.update(sources)
-                elif present and path.startswith("embeddings/distillation_token"):
-                    # A distilled checkpoint read into a model without the token is another
-                    # architecture, not a head to drop.
-                    mismatched.append(f"{sources[0]}: the checkpoint has a distillation token, "
-                                      "the model (use_distillation_token=False) has none")
-                    used.update(sources)
+                    offered.update(names)  # dropped, unless another row uses them
+                elif present:
+                    # A backbone part the model lacks is another architecture, not a head to
+                    # drop: loading on would silently change the outputs.
+                    why = _ABSENT_PART.get(path.rsplit("/", 1)[-1], f"the model has no {path}")
+                    mismatched.append(f"{names[0]}: {why}")
+                    used.update(names)
                 continue
             if not present:
                 (missing if is_required else fresh).append(path)
                 continue
-            used.update(sources)
-            value = np.asarray(transform(*(tensors[s] for s in sources)))
+            used.update(names)
+            value = np.asarray(transform(*(tensors[s] for s in names)))
             if tuple(value.shape) != tuple(variable.shape):
                 message = (f"{path}: checkpoint {tuple(value.shape)} vs model "
-                           f"{tuple(variable.shape)} (from {', '.join(sources)})")
+                           f"{tuple(variable.shape)} (from {', '.join(names)})")
                 if is_required:
                     mismatched.append(message)
                 else:
                     fresh.append(path)
                 continue
             updates.append((variable, value))
+    # A model variable that no row names would silently keep its initial value.
+    covered = {path for path, _, _ in required + optional}
+    missing.extend(path for path in variables if path not in covered)
 
-    unused = sorted(set(tensors) - used)
+    dropped = sorted(offered - used)
+    unused = sorted(set(tensors) - used - offered)
     problems = []
     if missing:
         problems.append("model variables with no tensor in the checkpoint: " + ", ".join(missing))
@@ -126,10 +157,24 @@ def assign_checkpoint(model, tensors, source="<tensors>", strict=True):
             "Check that the config matches the checkpoint (same size and variant); pass "
             "strict=False to ignore unused tensors."
         )
-    for variable, value in updates:
+    for done, (variable, value) in enumerate(updates, 1):
         variable.assign(value.astype(variable.dtype))
+        if progress is not None:
+            progress(done, len(updates))
     return LoadingInfo(fresh=fresh, dropped=sorted(dropped + (unused if not strict else [])),
-                       source=source)
+                       source=source, format=key_map)
+
+
+# Why a backbone tensor has no place in the model, by the last part of our variable path.
+_ABSENT_PART = {
+    "distillation_token": "the checkpoint has a distillation token, the model "
+                          "(use_distillation_token=False) has none",
+    "ls1": "the checkpoint has LayerScale (DeiT III), the model (layer_scale_init_value=None) "
+           "has none",
+    "ls2": "the checkpoint has LayerScale (DeiT III), the model (layer_scale_init_value=None) "
+           "has none",
+    "qkv_bias": "the checkpoint has q/k/v biases, the model (qkv_bias=False) has none",
+}
 
 
 def _describe(config):
@@ -148,50 +193,201 @@ def model_class_for(config):
     return keras_deit.DeiTModel
 
 
-def load_pretrained(cls, source, config=None, weights_file=None, strict=True, num_labels=None,
-                    id2label=None, **model_options):
-    """Builds `cls` (a DeiT model class, or None to follow the checkpoint's architecture) and
-    fills it from `source`.
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint read into memory, with the config it is built with.
+
+    Attributes:
+        tensors: `{name: array}` as stored (transformers or timm names, PyTorch layouts).
+        config: the `DeiTConfig` to build the model from.
+        format: "hf" or "timm", which key map applies.
+        path: the weights file.
+        folder: the HF / timm hub folder it came from, or None for a lone file.
+        preset: the preset it was named by or belongs to, if any.
+        model_class: the name of our class the checkpoint is for (auto-selection).
+    """
+
+    tensors: dict
+    config: object
+    format: str
+    path: str
+    folder: str = None
+    preset: str = None
+    model_class: str = "DeiTModel"
+
+
+def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=None,
+                    preset_source="original", cache_dir=None, progress=True, revision=None):
+    """Fetches (if needed) and reads `source`, and works out its config.
 
     Args:
-        cls: one of the four model classes, or None / `DeiTPreTrainedModel` for automatic.
-        source: a local HF folder (`config.json` + weights).
-        config: optional `DeiTConfig` overriding the checkpoint's.
+        source: a preset name, a URL of a checkpoint file, a hub id (`owner/name`), a local HF or
+            timm hub folder, or a local `.pth` / `.bin` / `.safetensors` / `.h5` file.
+        config: a `DeiTConfig` to use. For timm-layout weights it is checked against the
+            tensor shapes (a `CheckpointError` lists the differences); for an HF folder it
+            replaces config.json, as before.
+        weights_file: inside a folder, the weights file to read.
+        num_attention_heads: for timm-layout weights, the head count (shapes do not give it).
+        preset_source: "original" or "hub", for preset names (see `conversion.sources`).
+        cache_dir: download cache (default `$KERAS_DEIT_CACHE` or `~/.cache/keras_deit`).
+        progress: show progress bars for large downloads.
+        revision: hub revision for hub ids.
+
+    Returns:
+        A `Checkpoint`.
+    """
+    from keras_deit import presets
+    from keras_deit.config import DeiTConfig
+
+    resolved = sources.resolve(source, preset_source=preset_source, cache=cache_dir,
+                               progress=progress, revision=revision)
+    preset_config = None
+    if resolved.preset is not None:
+        kind = "hub" if preset_source == "hub" else "original"
+        preset_config = presets.preset_config(resolved.preset, source=kind)
+
+    folder = resolved.path if resolved.is_folder else None
+    path = find_weights_file(folder, weights_file) if folder else resolved.path
+    tensors = read_checkpoint(path)
+    meta = _folder_config(folder) if folder else None
+
+    if timm.is_timm_state(tensors):
+        # A timm hub folder's config.json names its timm architecture: a preset, if it is one.
+        arch = (meta or {}).get("architecture")
+        expected = config or preset_config or (
+            presets.preset_config(arch) if presets.is_preset(arch) else None
+        )
+        config = timm.config_from_timm_state(tensors, num_attention_heads, expected)
+        model_class = timm.model_class_name(config)
+        fmt = "timm"
+    else:
+        if config is None:
+            config_path = _hf_config_path(folder, path)
+            if config_path is None:
+                raise CheckpointError(
+                    f"{path!r} is in transformers' layout but has no config.json beside it: "
+                    "put the checkpoint's config.json in its folder, or pass "
+                    "config=DeiTConfig(...)."
+                )
+            config = DeiTConfig.from_json(config_path)
+        if preset_config is not None:
+            differences = timm.architecture_differences(preset_config, config)
+            if differences:
+                raise CheckpointError(
+                    f"{path!r} does not have the architecture of preset {resolved.preset!r}:\n  - "
+                    + "\n  - ".join(differences)
+                )
+        model_class = model_class_for(config).__name__
+        fmt = "hf"
+    return Checkpoint(tensors=tensors, config=config, format=fmt, path=path, folder=folder,
+                      preset=resolved.preset, model_class=model_class)
+
+
+def _folder_config(folder):
+    """The folder's config.json as a dict, or None."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path!r} is not readable JSON ({e}): download it again.") from None
+
+
+def _hf_config_path(folder, weights_path):
+    """The config.json of an HF checkpoint: in its folder, or beside a lone weights file."""
+    for candidate in (folder, os.path.dirname(os.path.abspath(weights_path))):
+        if candidate and os.path.isfile(os.path.join(candidate, "config.json")):
+            return os.path.join(candidate, "config.json")
+    return None
+
+
+# Assignment gets a progress bar above this checkpoint size.
+_PROGRESS_MIN_BYTES = 256 << 20
+
+
+def load_pretrained(cls, source, config=None, weights_file=None, strict=True, num_labels=None,
+                    id2label=None, num_attention_heads=None, preset_source="original",
+                    cache_dir=None, progress=True, revision=None, **model_options):
+    """Builds `cls` (a DeiT model class, or None to follow the checkpoint) and fills it.
+
+    Args:
+        cls: one of the four model classes, or None / `DeiTPreTrainedModel` for automatic: the
+            config.json `architectures` for HF checkpoints; for timm ones the distilled model
+            with both heads, the classifier, or the bare model when there is no head.
+        source: a preset name (`keras_deit.presets.list_presets()`), a URL of an original `.pth`
+            file, a Hugging Face Hub id, a local HF folder (`config.json` + weights), a timm hub
+            folder, or a local `.pth` / `.bin` / `.safetensors` file. See `open_checkpoint`.
+        config: optional `DeiTConfig`: replaces config.json for HF folders; checked against the
+            tensor shapes for timm-layout weights.
         weights_file: a file name inside the folder, to pick one format when several exist.
         strict: see `assign_checkpoint`.
         num_labels / id2label: a new label set; the classifier is then initialized fresh.
+        num_attention_heads: the head count of timm-layout weights, when neither a preset nor
+            `config` gives it (shapes cannot; the default is 64-wide heads).
+        preset_source: for preset names, "original" (the released `.pth`, needs torch to read)
+            or "hub" (the transformers repository; timm's for DeiT III).
+        cache_dir: where downloads are kept (default `$KERAS_DEIT_CACHE`, else
+            `~/.cache/keras_deit`).
+        progress: show progress bars on stderr for large downloads and conversions.
+        revision: hub revision (branch, tag or commit) for hub ids.
         **model_options: passed to the model constructor (`output_attentions`, `data_format`,
             `interpolate_pos_encoding`, `add_pooling_layer`, ...).
 
     Returns:
         The model, with `model.loading_info` (a `LoadingInfo`). Fresh variables are reported in
-        a warning by name.
+        a warning by name; tensors left out on purpose (e.g. `head_dist` of a distilled
+        checkpoint read into `DeiTForImageClassification`) in `loading_info.dropped`.
     """
-    from keras_deit.config import DeiTConfig
-    from keras_deit.models import DeiTPreTrainedModel
-
-    if not (isinstance(source, (str, os.PathLike)) and os.path.isdir(source)):
-        raise FileNotFoundError(
-            f"Unknown pretrained source {source!r}: expected a local folder with config.json "
-            "and model.safetensors, pytorch_model.bin or tf_model.h5."
-        )
-    source = os.fspath(source)
-    if config is None:
-        config = DeiTConfig.from_json(source)
+    checkpoint = open_checkpoint(
+        source, config=config, weights_file=weights_file, num_attention_heads=num_attention_heads,
+        preset_source=preset_source, cache_dir=cache_dir, progress=progress, revision=revision,
+    )
     if num_labels is not None or id2label is not None:
         changes = {"id2label": id2label} if id2label is not None else {"num_labels": num_labels}
-        config = config.replace(**changes)
+        checkpoint.config = checkpoint.config.replace(**changes)
+        if checkpoint.format == "timm":
+            checkpoint.model_class = timm.model_class_name(checkpoint.config)
+    return build_model(checkpoint, cls, strict=strict, progress=progress, **model_options)
+
+
+def build_model(checkpoint, cls=None, strict=True, progress=True, **model_options):
+    """Builds `cls` (None or `DeiTPreTrainedModel`: the checkpoint's own class) from an opened
+    `Checkpoint` and fills it; see `load_pretrained`."""
+    import keras_deit
+    from keras_deit.models import DeiTPreTrainedModel
+
     if cls is None or cls is DeiTPreTrainedModel:
-        cls = model_class_for(config)
-    path = find_weights_file(source, weights_file)
-    tensors = read_checkpoint(path)
-    model = cls(config, **model_options)
-    info = assign_checkpoint(model, tensors, source=path, strict=strict)
+        cls = getattr(keras_deit, checkpoint.model_class)
+    model = cls(checkpoint.config, **model_options)
+    return _fill(model, checkpoint, strict, progress)
+
+
+def _fill(model, checkpoint, strict, progress):
+    """Assigns `checkpoint` to `model`, warns about fresh variables, attaches `loading_info`."""
+    bar = None
+    size = sum(np.asarray(t).nbytes for t in checkpoint.tensors.values())
+    if progress and size >= _PROGRESS_MIN_BYTES:
+        from conversion.progress import Progress
+
+        bar = Progress("Converting", unit="variables")
+
+    def report(done, total):
+        bar.total = total
+        bar.update(done)
+
+    info = assign_checkpoint(model, checkpoint.tensors, source=checkpoint.path, strict=strict,
+                             key_map=checkpoint.format, progress=report if bar else None)
+    if bar:
+        bar.close()
+    info.preset = checkpoint.preset
     if info.fresh:
         warnings.warn(
-            f"{cls.__name__}: these variables were not in {path!r} (or had another shape) and "
-            f"are freshly initialized; train them before use: {', '.join(info.fresh)}",
-            stacklevel=3,
+            f"{type(model).__name__}: these variables were not in {checkpoint.path!r} (or had "
+            f"another shape) and are freshly initialized; train them before use: "
+            f"{', '.join(info.fresh)}",
+            stacklevel=5,
         )
     model.loading_info = info
     return model

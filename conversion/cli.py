@@ -1,0 +1,190 @@
+"""`python -m conversion SOURCE OUTPUT`: convert a DeiT checkpoint into a Keras file.
+
+`main(argv)` is the whole command, so another console script (`keras-deit convert`) can wrap
+it. Exit codes: 0 written, 1 `--verify` found a difference above the tolerance (nothing
+written), 2 any other error, reported on one line without a traceback.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+
+from conversion.readers import CheckpointError
+
+MODEL_CLASSES = (
+    "DeiTModel",
+    "DeiTForImageClassification",
+    "DeiTForImageClassificationWithTeacher",
+    "DeiTForMaskedImageModeling",
+)
+# What OUTPUT may end with, and how each is written.
+OUTPUT_SUFFIXES = (".keras", ".weights.h5")
+
+
+class _UsageError(Exception):
+    """Bad arguments, reported like any other error (exit code 2, one line)."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{message} (see --help)")
+
+
+def build_parser(prog="python -m conversion"):
+    """The command's argument parser."""
+    parser = _ArgumentParser(
+        prog=prog,
+        description="Convert a DeiT checkpoint (preset name, original .pth file or URL, Hugging "
+                    "Face Hub id or folder, .safetensors/.bin file) into a Keras model file.",
+    )
+    parser.add_argument("source", help="preset name, URL, hub id (owner/name), folder or file")
+    parser.add_argument("output", help="OUTPUT.keras (whole model) or OUTPUT.weights.h5 (weights)")
+    parser.add_argument("--model-class", default="auto", choices=("auto",) + MODEL_CLASSES,
+                        help="model to build (default: the checkpoint's own)")
+    parser.add_argument("--num-heads", type=int, default=None,
+                        help="attention heads, for timm-layout weights matching no preset")
+    parser.add_argument("--preset-source", default="original", choices=("original", "hub"),
+                        help="for preset names: the original .pth release or the hub repository")
+    parser.add_argument("--cache-dir", default=None,
+                        help="download cache (default $KERAS_DEIT_CACHE or ~/.cache/keras_deit)")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare with the reference implementation (needs torch, "
+                             "transformers) on a random input before writing")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest max-abs difference --verify accepts (default 1e-4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    return parser
+
+
+def main(argv=None, prog="python -m conversion"):
+    """Runs the command with `argv` (default `sys.argv[1:]`); returns the exit code."""
+    try:
+        args = build_parser(prog).parse_args(argv)
+        _check_args(args)
+        return _convert(args)
+    except _UsageError as e:
+        return _fail(f"usage: {e}")
+    except (CheckpointError, ValueError, OSError, ImportError) as e:
+        return _fail(str(e))
+
+
+def _fail(message):
+    # One line: the multi-line check reports become "; "-separated.
+    lines = [line.strip(" -") for line in str(message).splitlines() if line.strip(" -")]
+    print("error: " + "; ".join(lines), file=sys.stderr)
+    return 2
+
+
+def _check_args(args):
+    if not args.output.endswith(OUTPUT_SUFFIXES):
+        raise _UsageError(
+            f"OUTPUT must end with .keras (whole model) or .weights.h5 (weights only). "
+            f"Received: {args.output!r}"
+        )
+    if args.num_heads is not None and args.num_heads <= 0:
+        raise _UsageError(f"--num-heads must be a positive int. Received: {args.num_heads}")
+    if not args.tolerance >= 0:
+        raise _UsageError(f"--tolerance must be >= 0. Received: {args.tolerance}")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise _UsageError(f"the folder of OUTPUT does not exist: {folder}")
+
+
+def _convert(args):
+    import keras_deit
+    from conversion.loading import build_model, open_checkpoint
+
+    show = not args.quiet
+    checkpoint = open_checkpoint(
+        args.source, num_attention_heads=args.num_heads, preset_source=args.preset_source,
+        cache_dir=args.cache_dir, progress=show,
+    )
+    cls = None if args.model_class == "auto" else getattr(keras_deit, args.model_class)
+    with warnings.catch_warnings():
+        # Fresh variables are listed in the summary instead.
+        warnings.simplefilter("ignore")
+        model = build_model(checkpoint, cls, progress=show)
+    if show:
+        print(summary(model, checkpoint))
+
+    if args.verify:
+        from conversion.verify import verify
+
+        result = verify(model, checkpoint, tolerance=args.tolerance)
+        for key, diff in result.differences.items():
+            print(f"verify: {key}: max-abs difference {diff:.3g}")
+        if not result.passed:
+            print(
+                f"verify: FAILED against {result.reference}: max-abs difference "
+                f"{result.max_difference:.3g} > tolerance {result.tolerance:g}; nothing written.",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"verify: ok against {result.reference} (max-abs difference "
+              f"{result.max_difference:.3g} <= {result.tolerance:g})")
+
+    write_atomically(model, args.output)
+    if show:
+        print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")
+    return 0
+
+
+def write_atomically(model, output):
+    """Saves `model` to `output` (`.keras`: whole model; `.weights.h5`: weights) via a temporary
+    file in the same folder and `os.replace`, so `output` is either complete or untouched."""
+    suffix = next(s for s in OUTPUT_SUFFIXES if output.endswith(s))
+    folder = os.path.dirname(os.path.abspath(output))
+    # Keras picks the format from the suffix, so the temporary file keeps it.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(output)}.", suffix=suffix)
+    os.close(fd)
+    os.remove(tmp)  # Keras refuses to overwrite without asking; let it create the file.
+    try:
+        if suffix == ".keras":
+            model.save(tmp)
+        else:
+            model.save_weights(tmp)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def summary(model, checkpoint):
+    """A few lines describing the converted model."""
+    from keras_deit import presets
+
+    config = model.config
+    if config.layer_scale_init_value is not None:
+        family = "DeiT III"
+    elif config.use_distillation_token:
+        family = "DeiT (distilled)"
+    else:
+        family = "DeiT"
+    if checkpoint.preset:
+        variant = checkpoint.preset
+    else:
+        matches = presets.presets_matching(config)
+        variant = (f"{', '.join(matches)} (by architecture)" if matches
+                   else "custom (no preset matches)")
+    (h, w), (ph, pw) = config.image_hw, config.patch_hw
+    info = model.loading_info
+    lines = [
+        f"variant:            {variant} ({family})",
+        f"model class:        {type(model).__name__}",
+        f"source:             {checkpoint.path} ({checkpoint.format} layout)",
+        f"parameters:         {model.count_params():,}",
+        f"hidden / layers:    {config.hidden_size} / {config.num_hidden_layers}",
+        f"heads:              {config.num_attention_heads} (head width {config.head_dim})",
+        f"resolution:         {h}x{w}, patch {ph}x{pw}",
+        f"distillation token: {'yes' if config.use_distillation_token else 'no'}",
+        f"layer-norm eps:     {config.layer_norm_eps:g}",
+        f"labels:             {config.num_labels}",
+    ]
+    if info.dropped:
+        lines.append(f"not used:           {', '.join(info.dropped)}")
+    if info.fresh:
+        lines.append(f"freshly initialized: {', '.join(info.fresh)}")
+    return "\n".join(lines)
