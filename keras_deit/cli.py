@@ -1,0 +1,159 @@
+"""The `keras-deit` command: classify images, convert checkpoints.
+
+    keras-deit predict IMAGE... --model SOURCE [--top-k 5] [--backend jax|tensorflow|torch]
+    keras-deit convert SOURCE OUTPUT [...]       (same as `python -m conversion`)
+
+Errors are one line on stderr and exit code 2, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-deit",
+        description="DeiT image classifiers for Keras 3 (TensorFlow, JAX, PyTorch).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    predict = commands.add_parser(
+        "predict",
+        help="print the top-k labels of images",
+        description="Classify images and print the top-k labels with their probabilities. "
+        "The images are preprocessed as the checkpoint expects (its "
+        "preprocessor_config.json, its preset's recipe, or the original DeiT recipe).",
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    predict.add_argument(
+        "--model", required=True, metavar="SOURCE",
+        help="a .keras file, an HF folder, a .pth/.safetensors file, a preset name, a hub id or "
+        "a URL (see `keras-deit convert --help`)",
+    )
+    predict.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
+    predict.add_argument("--backend", choices=BACKENDS,
+                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+
+    commands.add_parser(
+        "convert", add_help=False,
+        help="convert a checkpoint into a .keras model (python -m conversion); "
+        "`keras-deit convert --help` for its options",
+    )
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the `keras-deit` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:
+        from conversion.cli import main as convert
+
+        return convert(argv[1:], prog="keras-deit convert")
+    args = _parser().parse_args(argv)
+    if args.backend and os.environ.get("KERAS_BACKEND") != args.backend:
+        _reexec_with_backend(args.backend, argv)
+    try:
+        return predict(args.images, args.model, args.top_k)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"keras-deit: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _reexec_with_backend(backend, argv):
+    """Keras fixes its backend when first imported, which `keras_deit` already did: start
+    again with KERAS_BACKEND set."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    os.execve(sys.executable, [sys.executable, "-m", "keras_deit.cli", *argv], env)
+
+
+def _one_line(error):
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.split())
+
+
+def predict(images, source, top_k=5, out=None):
+    """Classifies `images` (paths) with the model from `source`; prints the top-k labels."""
+    import numpy as np
+
+    out = out or sys.stdout
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1. Received: {top_k}")
+    pictures = [_read_image(path) for path in images]  # fail on a bad image before loading
+    model, processor = load_classifier(source)
+    labels = class_names(model.config)
+    pixel_values = processor(pictures)["pixel_values"]
+    logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    for path, row in zip(images, probabilities):
+        print(path, file=out)
+        for rank, index in enumerate(np.argsort(-row)[: min(top_k, len(row))], start=1):
+            print(f"  {rank}. {labels[index]}  {row[index]:.4f}", file=out)
+    return 0
+
+
+def _read_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such image: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read {path} as an image ({_one_line(e)})") from None
+
+
+def load_classifier(source):
+    """The model for `source` and the image processor its checkpoint expects."""
+    import keras
+
+    from keras_deit import presets
+    from keras_deit.image_processing import DeiTImageProcessor
+    from keras_deit.models import DeiTPreTrainedModel
+
+    if str(source).endswith(".keras"):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"no such model file: {source}")
+        model = keras.saving.load_model(source)
+        folder = os.path.dirname(os.path.abspath(source))
+    else:
+        model = DeiTPreTrainedModel.from_pretrained(source)
+        folder = source if os.path.isdir(str(source)) else None
+    if "logits" not in model.output:
+        raise ValueError(
+            f"{source} holds a {type(model).__name__}, which has no classifier: use a "
+            "classification checkpoint."
+        )
+    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        processor = DeiTImageProcessor.from_pretrained(folder)
+    elif presets.is_preset(str(source)):
+        recipe = presets.get_preset(source)["preprocessing"]
+        processor = DeiTImageProcessor.from_timm_recipe(
+            image_size=recipe["image_size"], crop_pct=recipe["crop_pct"],
+            interpolation=recipe["interpolation"], mean=recipe["mean"], std=recipe["std"],
+        )
+    else:  # The original DeiT evaluation recipe at the model's resolution.
+        processor = DeiTImageProcessor.from_timm_recipe(image_size=model.config.image_hw[0])
+    if getattr(model, "data_format", "channels_last") == "channels_first":
+        processor.data_format = "channels_first"
+    return model, processor
+
+
+def class_names(config):
+    """Readable class names: the config's labels, or ImageNet's for 1000 generic labels."""
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    generic = all(label == f"LABEL_{i}" for i, label in enumerate(labels))
+    if generic and config.num_labels == 1000:
+        path = os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    return labels
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The `keras-deit` command: predict, convert, and one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_deit as kd
+from keras_deit.cli import class_names, main
+from conftest import HF
+
+WITH_TEACHER = os.path.join(HF, "with_teacher")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "photo.png"
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_predict_prints_top_k_with_probabilities(photo, capsys):
+    assert main(["predict", photo, photo, "--model", WITH_TEACHER, "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == photo and len(lines) == 8
+    probabilities = [float(line.split()[-1]) for line in lines[1:4]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(line.split()[1].startswith("LABEL_") for line in lines[1:4])
+
+
+def test_predict_matches_the_model(photo, capsys):
+    """The printed probabilities are the softmax of the averaged logits."""
+    main(["predict", photo, "--model", WITH_TEACHER, "--top-k", "5"])
+    printed = {line.split()[1]: float(line.split()[2]) for line in capsys.readouterr().out.splitlines()[1:]}
+    model = kd.DeiTForImageClassificationWithTeacher.from_pretrained(WITH_TEACHER)
+    processor = kd.DeiTImageProcessor.from_timm_recipe(image_size=32)
+    logits = keras.ops.convert_to_numpy(model(processor(Image.open(photo))["pixel_values"])["logits"])[0]
+    expected = np.exp(logits) / np.exp(logits).sum()
+    for i, p in enumerate(expected):
+        assert abs(printed[f"LABEL_{i}"] - p) < 1e-4
+
+
+def test_keras_file_model(photo, tmp_path, capsys):
+    model = kd.DeiTForImageClassification.from_pretrained(os.path.join(HF, "classification"))
+    path = str(tmp_path / "clf.keras")
+    model.save(path)
+    assert main(["predict", photo, "--model", path, "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.count("LABEL_") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "/no/such.jpg", "--model", WITH_TEACHER], "no such image: /no/such.jpg"),
+    (["predict", "{bad}", "--model", WITH_TEACHER], "cannot read"),
+    (["predict", "{photo}", "--model", "no_such_model"], "Unknown pretrained source 'no_such_model'"),
+    (["predict", "{photo}", "--model", os.path.join(HF, "model")], "has no classifier"),
+    (["predict", "{photo}", "--model", WITH_TEACHER, "--top-k", "0"], "--top-k must be at least 1"),
+])
+def test_errors_are_one_line(args, message, photo, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    args = [a.replace("{bad}", str(bad)).replace("{photo}", photo) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("keras-deit: error:") and message in err[0]
+
+
+def test_imagenet_names_for_generic_labels():
+    names = class_names(kd.DeiTConfig(num_labels=1000))
+    assert len(names) == 1000 and names[0] == "tench" and names[281] == "tabby"
+    assert class_names(kd.DeiTConfig(id2label={0: "cat", 1: "dog"})) == ["cat", "dog"]
+
+
+def test_convert_subcommand_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "--help"])
+    assert exit_info.value.code == 0
+    assert "keras-deit convert" in capsys.readouterr().out
+
+
+def test_backend_flag_switches_backend(photo):
+    other = "jax" if keras.backend.backend() != "jax" else "torch"
+    env = dict(os.environ)
+    env.pop("KERAS_BACKEND", None)
+    code = ("import keras, sys; from keras_deit.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run(
+        [sys.executable, "-c", code, "predict", photo, "--model", WITH_TEACHER, "--top-k", "1",
+         "--backend", other],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0] == photo
