@@ -86,11 +86,12 @@ class DeiTAttention(keras.layers.Layer):
         self.output_bias = self.add_weight(name="output_bias", shape=(d,), initializer="zeros")
 
     def call(self, hidden_states, return_attention_scores=False, training=None):
-        # `@` rather than ops.matmul: the same product on every backend, with a fraction of
-        # the dispatch cost on PyTorch, where that cost rivals a small model's arithmetic.
-        qkv = hidden_states @ self.qkv_kernel
+        # `@` on the variables' values rather than ops.matmul: the same product on every
+        # backend, with a fraction of the dispatch cost on PyTorch, where that cost rivals a
+        # small model's arithmetic.
+        qkv = hidden_states @ self.qkv_kernel.value
         if self.qkv_bias_weight is not None:
-            qkv = qkv + self.qkv_bias_weight
+            qkv = qkv + self.qkv_bias_weight.value
         batch, length = ops.shape(hidden_states)[0], ops.shape(hidden_states)[1]
         qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, len, heads, dim)
@@ -106,7 +107,7 @@ class DeiTAttention(keras.layers.Layer):
         else:
             context = ops.dot_product_attention(query, key, value, scale=self.scale)
         context = ops.reshape(context, (batch, length, self.hidden_size))
-        output = context @ self.output_kernel + self.output_bias
+        output = context @ self.output_kernel.value + self.output_bias.value
         if self.dropout_layer is not None:
             output = self.dropout_layer(output, training=training)
         if return_attention_scores:

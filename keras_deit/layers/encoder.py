@@ -46,8 +46,8 @@ class DeiTMLP(keras.layers.Layer):
 
     def call(self, hidden_states, training=None):
         # `@` for the same reason as in DeiTAttention: cheaper dispatch on PyTorch.
-        x = self.activation(hidden_states @ self.fc1_kernel + self.fc1_bias)
-        x = x @ self.fc2_kernel + self.fc2_bias
+        x = self.activation(hidden_states @ self.fc1_kernel.value + self.fc1_bias.value)
+        x = x @ self.fc2_kernel.value + self.fc2_bias.value
         if self.dropout_layer is not None:
             x = self.dropout_layer(x, training=training)
         return x
