@@ -11,6 +11,12 @@ from keras_deit.layers import (
     DeiTPatchEmbeddings,
     DeiTPooler,
 )
+from keras_deit.distillation import (
+    DeiTDistiller,
+    distillation_loss,
+    hard_distillation_loss,
+    soft_distillation_loss,
+)
 from keras_deit.image_processing import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -20,13 +26,19 @@ from keras_deit.image_processing import (
     DeiTImageProcessor,
 )
 from keras_deit.layers.preprocessing import DeiTPreprocessing
-from keras_deit.losses import masked_image_modeling_loss
+from keras_deit.losses import classification_loss, masked_image_modeling_loss
+from keras_deit.masking import MaskGenerator
 from keras_deit.models import (
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
     DeiTForMaskedImageModeling,
     DeiTModel,
     DeiTPreTrainedModel,
+)
+from keras_deit.training import (
+    deit_adamw,
+    rebuild_at_image_size,
+    transfer_backbone_weights,
 )
 
 __version__ = "0.1.0"

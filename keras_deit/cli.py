@@ -1,7 +1,9 @@
 """The `keras-deit` command: classify images, convert checkpoints.
 
-    keras-deit predict IMAGE... --model SOURCE [--top-k 5] [--backend jax|tensorflow|torch]
+    keras-deit predict IMAGE... [--model SOURCE] [--top-k 5] [--backend jax|tensorflow|torch]
     keras-deit convert SOURCE OUTPUT [...]       (same as `python -m conversion`)
+    keras-deit export SOURCE --format saved_model|tflite|onnx [--quantize float16|int8]
+        [--with-preprocessing] [--input-size HxW] [--overwrite] OUTPUT
 
 Errors are one line on stderr and exit code 2, never a traceback.
 """
@@ -11,6 +13,13 @@ import os
 import sys
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# Models shipped inside the package (name -> .keras file, beside its preprocessor_config.json),
+# so that `keras-deit predict` works offline. deit-digits: a distilled DeiT trained on
+# scikit-learn's 8x8 digits (benchmarks/distillation_experiment.py).
+BUILTIN_MODELS = {
+    "deit-digits": os.path.join(os.path.dirname(__file__), "data", "deit_digits", "model.keras"),
+}
+DEFAULT_MODEL = "deit-digits"
 
 
 def _parser():
@@ -30,13 +39,31 @@ def _parser():
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     predict.add_argument(
-        "--model", required=True, metavar="SOURCE",
-        help="a .keras file, an HF folder, a .pth/.safetensors file, a preset name, a hub id or "
-        "a URL (see `keras-deit convert --help`)",
+        "--model", default=DEFAULT_MODEL, metavar="SOURCE",
+        help="a built-in model (" + ", ".join(BUILTIN_MODELS) + "), a .keras file, an HF "
+        "folder, a .pth/.safetensors file, a preset name, a hub id or a URL (see `keras-deit "
+        f"convert --help`). Default: {DEFAULT_MODEL}, a small distilled DeiT bundled with the "
+        "package that reads handwritten digits (white on black), e.g. "
+        "keras_deit/data/examples/*.png",
     )
     predict.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
     predict.add_argument("--backend", choices=BACKENDS,
                          help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+
+    export = commands.add_parser(
+        "export",
+        help="write a SavedModel, TFLite or ONNX file, verified against the Keras model",
+        description="Export a classifier as a TensorFlow SavedModel (folder), a TFLite file "
+        "(builtin ops only; float32, float16 or int8 dynamic-range) or an ONNX file, then load "
+        "it with its own runtime and compare it with the Keras model. The output is written "
+        "atomically. See keras_deit/export.py for the design.",
+    )
+    from keras_deit.export import add_export_arguments
+
+    add_export_arguments(export)
+    export.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend to load the model on (default: $KERAS_BACKEND, else "
+                        "tensorflow); any works")
 
     commands.add_parser(
         "convert", add_help=False,
@@ -57,6 +84,10 @@ def main(argv=None):
     if args.backend and os.environ.get("KERAS_BACKEND") != args.backend:
         _reexec_with_backend(args.backend, argv)
     try:
+        if args.command == "export":
+            from keras_deit.export import export_command
+
+            return export_command(args)
         return predict(args.images, args.model, args.top_k)
     except (ValueError, OSError, ImportError) as e:
         print(f"keras-deit: error: {_one_line(e)}", file=sys.stderr)
@@ -116,6 +147,7 @@ def load_classifier(source):
     from keras_deit.image_processing import DeiTImageProcessor
     from keras_deit.models import DeiTPreTrainedModel
 
+    source = BUILTIN_MODELS.get(source, source)
     if str(source).endswith(".keras"):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"no such model file: {source}")

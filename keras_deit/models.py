@@ -5,10 +5,19 @@ config), so it has a class name, a static graph, and a `get_config` that rebuild
 are dicts keyed by the transformers names (`last_hidden_state`, `logits`, ...).
 """
 
+import inspect
+
 import keras
 from keras import ops
 
 from keras_deit.config import DeiTConfig
+from keras_deit.losses import (
+    _is_integer_dtype,
+    as_logits_loss,
+    check_classification_labels,
+    classification_loss,
+    masked_image_modeling_loss,
+)
 from keras_deit.layers import (
     DeiTEmbeddings,
     DeiTEncoder,
@@ -72,10 +81,12 @@ class DeiTPreTrainedModel(keras.Model):
     # the variables out of the model for the loop and does not put them back if a step raises.
     def fit(self, x=None, *args, **kwargs):
         self._check_inputs(x)
+        self._check_training_data("fit", x, args, kwargs)
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
         self._check_inputs(x)
+        self._check_training_data("evaluate", x, args, kwargs)
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
@@ -84,10 +95,12 @@ class DeiTPreTrainedModel(keras.Model):
 
     def train_on_batch(self, x, *args, **kwargs):
         self._check_inputs(x)
+        self._check_training_data("train_on_batch", x, args, kwargs)
         return super().train_on_batch(x, *args, **kwargs)
 
     def test_on_batch(self, x, *args, **kwargs):
         self._check_inputs(x)
+        self._check_training_data("test_on_batch", x, args, kwargs)
         return super().test_on_batch(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
@@ -139,6 +152,144 @@ class DeiTPreTrainedModel(keras.Model):
                 "model with interpolate_pos_encoding=True to resample the position embeddings."
             )
 
+    # ---- training -------------------------------------------------------------------------
+    # The output a single loss and a list of metrics apply to when the labels are one array.
+    _primary_output = None
+
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
+                weighted_metrics=None, **kwargs):
+        """`keras.Model.compile`, with the loss and metrics aimed at the task's main output.
+
+        - `loss=None` (an optimizer alone): the model trains with `default_loss`, the task
+          models' own loss (`DeiTModel` has none and needs a loss).
+        - A single loss, and a list of metrics, apply to the main output (`logits` of the
+          classifiers, `reconstruction` of SimMIM) when the labels are one array, so
+          `compile("adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])` works.
+        - A dict (`{"cls_logits": ..., "distillation_logits": ...}`) applies per output, each
+          output getting the same labels unless `y` is a dict keyed by output name.
+        - Keras' cross-entropy names read logits here (see `losses.as_logits_loss`), because
+          the heads output logits.
+        Other arguments as in `keras.Model.compile`.
+        """
+        # Tuples, not lists: Keras wraps lists set on a model into tracked containers.
+        self._loss_outputs = _dict_keys(loss)
+        self._metric_outputs = _dict_keys(metrics, weighted_metrics)
+        self._has_compiled_loss = loss is not None
+        super().compile(
+            optimizer=optimizer,
+            loss=as_logits_loss(loss),
+            loss_weights=loss_weights,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+
+    def compile_from_config(self, config):
+        """Compiles a loaded model from its saved compile config (`compile` is overridden, so
+        Keras leaves this to the class)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    def default_loss(self, x, y, y_pred, sample_weight=None):
+        """The loss used when the model is compiled without one; None for `DeiTModel`.
+
+        Args:
+            x: the inputs. y: the targets (None for SimMIM). y_pred: the output dict.
+            sample_weight: optional (batch,) weights.
+
+        Returns:
+            A float32 scalar, or None when the model has no task loss.
+        """
+        return None
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """`default_loss` when compiled without a loss, else the compiled loss on the main
+        output (see `compile`); plus any `add_loss` / regularization losses."""
+        if not getattr(self, "_has_compiled_loss", False):
+            loss = self.default_loss(x, y, y_pred, sample_weight)
+            if loss is not None:
+                for extra in self.losses:
+                    loss = loss + ops.sum(ops.cast(extra, "float32"))
+                return loss
+        y, y_pred = self._route_targets(y, y_pred, getattr(self, "_loss_outputs", None))
+        return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics on the main output (or per output for a dict)."""
+        y, y_pred = self._route_targets(y, y_pred, getattr(self, "_metric_outputs", None))
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def _route_targets(self, y, y_pred, keys):
+        """Pairs the targets with the outputs they belong to (see `compile`)."""
+        if not isinstance(y_pred, dict) or y is None:
+            return y, y_pred
+        if isinstance(y, dict):
+            return y, {key: y_pred[key] for key in y}
+        if keys:
+            return {key: y for key in keys}, {key: y_pred[key] for key in keys}
+        if self._primary_output is not None:
+            return y, y_pred[self._primary_output]
+        return y, y_pred
+
+    def _check_training_data(self, method, x, args, kwargs):
+        """Checks the targets (and validation data) before Keras runs a step."""
+        arguments = inspect.signature(getattr(keras.Model, method)).bind(
+            self, x, *args, **kwargs
+        ).arguments
+        y = arguments.get("y")
+        if not getattr(self, "_has_compiled_loss", False) and (
+            type(self).default_loss is DeiTPreTrainedModel.default_loss
+        ):
+            raise ValueError(
+                f"{type(self).__name__} has no task loss of its own: compile it with one, "
+                "`model.compile(optimizer, loss=...)`, or train a task model "
+                "(DeiTForImageClassification, DeiTForMaskedImageModeling, ...)."
+            )
+        if _is_dataset(x):
+            # Shapes and dtypes only, from the dataset's spec.
+            spec = x.element_spec
+            x, y = (spec[0], spec[1]) if isinstance(spec, tuple) and len(spec) > 1 else (spec, None)
+            self._check_inputs(x)
+        elif x is not None and not isinstance(x, dict) and not hasattr(x, "shape"):
+            return  # Generators and PyDatasets are checked inside the step.
+        self._check_targets(x, y)
+        validation = arguments.get("validation_data")
+        if isinstance(validation, (tuple, list)) and validation:
+            self._check_inputs(validation[0])
+            self._check_targets(validation[0], validation[1] if len(validation) > 1 else None)
+
+    def _check_targets(self, x, y):
+        """Raises a ValueError on targets the task loss cannot use; a no-op by default."""
+
+    def _check_labels(self, x, y):
+        """The classifiers' target check: class ids in range, shapes that fit the head."""
+        has_loss = getattr(self, "_has_compiled_loss", False)
+        if y is None:
+            if not has_loss:
+                raise ValueError(
+                    f"{type(self).__name__} trains on labels: call `fit(images, labels)` (or "
+                    "give a dataset of (images, labels) pairs). Received: y=None."
+                )
+            return
+        if isinstance(y, dict) or not hasattr(y, "shape") or not hasattr(y, "dtype"):
+            return
+        problem_type = self.config.problem_type
+        if has_loss:
+            # A loss of the user's: only integer labels of one id per image are known to be
+            # class ids (integer one-hot rows may suit e.g. categorical cross-entropy).
+            if (not _is_integer_dtype(y.dtype) or self.config.num_labels == 0
+                    or tuple(y.shape)[1:] not in ((), (1,))):
+                return
+            problem_type = problem_type or "single_label_classification"
+        pixel_values = x.get("pixel_values") if isinstance(x, dict) else x
+        shape = getattr(pixel_values, "shape", None)
+        batch = tuple(shape)[0] if shape is not None and len(shape) else None
+        check_classification_labels(
+            y, self.config.num_labels, problem_type,
+            batch_size=batch if isinstance(batch, int) else None,
+        )
+
     # ---- serialization --------------------------------------------------------------------
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
@@ -147,7 +298,13 @@ class DeiTPreTrainedModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        # `trainable` is applied after the graph exists: passed to the constructor, Keras sets
+        # it before the sublayers are tracked, and they would stay trainable.
+        config = dict(config)
+        trainable = config.pop("trainable", True)
+        model = cls(**config)
+        model.trainable = trainable
+        return model
 
     def _set_options(self, config, options):
         # Keras' generic input-spec check would fire before `call` and pre-empt our errors,
@@ -156,6 +313,20 @@ class DeiTPreTrainedModel(keras.Model):
         self.config = config
         for key, value in options.items():
             setattr(self, key, value)
+
+
+def _dict_keys(*specs):
+    """The output names of the dicts among `specs` (losses, metrics), or None if none is one."""
+    keys = []
+    for spec in specs:
+        if isinstance(spec, dict):
+            keys.extend(key for key in spec if key not in keys)
+    return tuple(keys) or None
+
+
+def _is_dataset(x):
+    """A `tf.data.Dataset` (checked without importing TensorFlow)."""
+    return hasattr(x, "element_spec") and type(x).__module__.startswith("tensorflow")
 
 
 def _check_options(data_format):
@@ -282,20 +453,17 @@ class DeiTModel(DeiTPreTrainedModel):
         if use_mask_token:
             bool_masked_pos = _bool_masked_pos_input(config, interpolate_pos_encoding)
             inputs = {"pixel_values": pixel_values, "bool_masked_pos": bool_masked_pos}
-        images = to_channels_last(pixel_values) if to_channels_last else pixel_values
-        tokens = embeddings(
-            images,
-            bool_masked_pos=bool_masked_pos,
+        outputs = _encode(
+            (to_channels_last, embeddings, encoder, layernorm),
+            pixel_values,
+            bool_masked_pos,
             interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        encoded = encoder(
-            tokens, output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
-        sequence = layernorm(encoded["last_hidden_state"])
-        outputs = {"last_hidden_state": sequence}
         if pooler is not None:
-            outputs["pooler_output"] = pooler(sequence)
-        super().__init__(inputs=inputs, outputs=_forward_extras(encoded, outputs), **kwargs)
+            outputs["pooler_output"] = pooler(outputs["last_hidden_state"])
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
         self._set_options(config, dict(
@@ -307,10 +475,54 @@ class DeiTModel(DeiTPreTrainedModel):
             data_format=data_format,
             head_mask=encoder.head_mask,
         ))
+        self.to_channels_last = to_channels_last
         self.embeddings = embeddings
         self.encoder = encoder
         self.layernorm = layernorm
         self.pooler = pooler
+
+    def encode(self, inputs):
+        """Applies this backbone's layers to new symbolic `inputs`; returns its outputs without
+        the pooler.
+
+        The task models build their graphs with it: they share the backbone's layers (and so
+        its weights) rather than calling it as a nested model, whose call costs about 0.5 ms of
+        bookkeeping per forward pass on the PyTorch backend. `model.deit` stays a working
+        `DeiTModel` on the same weights.
+
+        Args:
+            inputs: a `keras.Input` like this model's inputs (a tensor, or the dict with
+                `bool_masked_pos` when the model has a mask token).
+        """
+        pixel_values = inputs["pixel_values"] if isinstance(inputs, dict) else inputs
+        bool_masked_pos = inputs.get("bool_masked_pos") if isinstance(inputs, dict) else None
+        return _encode(
+            (self.to_channels_last, self.embeddings, self.encoder, self.layernorm),
+            pixel_values,
+            bool_masked_pos,
+            interpolate_pos_encoding=self.interpolate_pos_encoding,
+            output_hidden_states=self.output_hidden_states,
+            output_attentions=self.output_attentions,
+        )
+
+
+def _encode(layers, pixel_values, bool_masked_pos, interpolate_pos_encoding,
+            output_hidden_states, output_attentions):
+    """The backbone graph: (channels-last) -> embeddings -> encoder -> final LayerNorm.
+
+    Returns the outputs dict: `last_hidden_state`, and `hidden_states` / `attentions` when
+    requested.
+    """
+    to_channels_last, embeddings, encoder, layernorm = layers
+    images = to_channels_last(pixel_values) if to_channels_last else pixel_values
+    tokens = embeddings(
+        images, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+    )
+    encoded = encoder(
+        tokens, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+    )
+    outputs = {"last_hidden_state": layernorm(encoded["last_hidden_state"])}
+    return _forward_extras(encoded, outputs)
 
 
 def _backbone(config, name="deit", **options):
@@ -370,7 +582,7 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
 
         # === Functional model ===
         pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
-        encoded = deit(pixel_values)
+        encoded = deit.encode(pixel_values)
         class_token = encoded["last_hidden_state"][:, 0]
         logits = classifier(class_token) if classifier is not None else class_token
         outputs = _forward_extras(encoded, {"logits": logits})
@@ -380,6 +592,21 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         self._set_options(config, dict(options, head_mask=deit.head_mask))
         self.deit = deit
         self.classifier = classifier
+
+    _primary_output = "logits"
+
+    def default_loss(self, x, y, y_pred, sample_weight=None):
+        """The transformers loss for `config.problem_type` on `logits`.
+
+        None -> `num_labels == 1`: MSE; integer labels: softmax cross-entropy; float labels:
+        sigmoid cross-entropy (multi-label). See `losses.classification_loss`.
+        """
+        if y is None:
+            self._check_labels(x, y)  # Names the fix.
+        return classification_loss(y, y_pred["logits"], self.config.problem_type, sample_weight)
+
+    def _check_targets(self, x, y):
+        self._check_labels(x, y)
 
 
 @keras.saving.register_keras_serializable(package="keras_deit")
@@ -431,7 +658,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
 
         # === Functional model ===
         pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
-        encoded = deit(pixel_values)
+        encoded = deit.encode(pixel_values)
         sequence = encoded["last_hidden_state"]
         cls_logits, distillation_logits = sequence[:, 0], sequence[:, 1]
         if cls_classifier is not None:
@@ -449,6 +676,29 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         self.deit = deit
         self.cls_classifier = cls_classifier
         self.distillation_classifier = distillation_classifier
+
+    _primary_output = "logits"
+
+    def default_loss(self, x, y, y_pred, sample_weight=None):
+        """Both heads trained on the labels: the mean of the problem-type loss of each head.
+
+        This is fine-tuning without a teacher (transformers does not support training this
+        class). Each head learns the labels, so their average, `logits`, stays a sound
+        prediction. It differs from facebookresearch/deit's `distillation_type="none"`, which
+        trains the class head only and leaves the distillation head as it was; for that, and for
+        training with a teacher, use `keras_deit.distillation.DeiTDistiller`.
+        """
+        if y is None:
+            self._check_labels(x, y)  # Names the fix.
+        problem_type = self.config.problem_type
+        cls_loss = classification_loss(y, y_pred["cls_logits"], problem_type, sample_weight)
+        distillation_loss = classification_loss(
+            y, y_pred["distillation_logits"], problem_type, sample_weight
+        )
+        return (cls_loss + distillation_loss) / 2
+
+    def _check_targets(self, x, y):
+        self._check_labels(x, y)
 
 
 @keras.saving.register_keras_serializable(package="keras_deit")
@@ -511,7 +761,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
             "pixel_values": _pixel_values_input(config, interpolate_pos_encoding, data_format),
             "bool_masked_pos": _bool_masked_pos_input(config, interpolate_pos_encoding),
         }
-        encoded = deit(inputs)
+        encoded = deit.encode(inputs)
         patch_tokens = encoded["last_hidden_state"][:, config.num_prefix_tokens:]
         reconstruction = decoder(patch_tokens, inputs["pixel_values"])
         outputs = _forward_extras(encoded, {"reconstruction": reconstruction})
@@ -521,6 +771,75 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         self._set_options(config, dict(options, head_mask=deit.head_mask))
         self.deit = deit
         self.decoder = decoder
+
+    _primary_output = "reconstruction"
+
+    def default_loss(self, x, y, y_pred, sample_weight=None):
+        """SimMIM's L1 loss on the masked pixels (`losses.masked_image_modeling_loss`).
+
+        The target is `pixel_values`, or `y` when given (e.g. unnormalized images), of the same
+        shape. `sample_weight` is not used: the loss is one ratio over the whole batch.
+        """
+        target = x["pixel_values"] if y is None else y
+        return masked_image_modeling_loss(
+            ops.cast(target, "float32"),
+            ops.cast(y_pred["reconstruction"], "float32"),
+            x["bool_masked_pos"],
+            self.config.encoder_stride,
+            self.data_format,
+        )
+
+    def _check_inputs(self, inputs):
+        super()._check_inputs(inputs)
+        if not isinstance(inputs, dict):
+            if getattr(inputs, "shape", None) is not None:
+                raise ValueError(
+                    "DeiTForMaskedImageModeling takes a dict {'pixel_values': images, "
+                    "'bool_masked_pos': masks}. Received: an array of shape "
+                    f"{tuple(inputs.shape)}. Draw masks with keras_deit.masking.MaskGenerator."
+                )
+            return
+        pixel_values, mask = inputs.get("pixel_values"), inputs.get("bool_masked_pos")
+        pixel_shape, mask_shape = getattr(pixel_values, "shape", None), getattr(mask, "shape", None)
+        if mask is None:
+            raise ValueError(
+                "DeiTForMaskedImageModeling needs `bool_masked_pos` (batch, num_patches) next to "
+                f"`pixel_values`. Received: keys {sorted(inputs)}. Draw masks with "
+                "keras_deit.masking.MaskGenerator."
+            )
+        if pixel_shape is None or mask_shape is None:
+            return
+        pixel_shape, mask_shape = tuple(pixel_shape), tuple(mask_shape)
+        if len(pixel_shape) != 4:
+            return  # `super()` named the problem.
+        spatial = pixel_shape[2:] if self.data_format == "channels_first" else pixel_shape[1:3]
+        if None in spatial:
+            num_patches = None
+        else:
+            (ph, pw) = self.config.patch_hw
+            num_patches = (spatial[0] // ph) * (spatial[1] // pw)
+        expected = (pixel_shape[0], num_patches)
+        if len(mask_shape) != 2 or any(
+            e is not None and m is not None and e != m for e, m in zip(expected, mask_shape)
+        ):
+            raise ValueError(
+                f"`bool_masked_pos` must have shape (batch, num_patches) = {expected}: one entry "
+                f"per {self.config.patch_hw} patch of the {tuple(spatial)} images, row-major. "
+                f"Received: bool_masked_pos shape={mask_shape}, pixel_values shape={pixel_shape}. "
+                "Use keras_deit.masking.MaskGenerator(input_size, model_patch_size="
+                f"{self.config.patch_size}, ...)."
+            )
+
+    def _check_targets(self, x, y):
+        if y is None or not hasattr(y, "shape") or not isinstance(x, dict):
+            return
+        pixel_shape = getattr(x.get("pixel_values"), "shape", None)
+        if pixel_shape is not None and tuple(y.shape) != tuple(pixel_shape):
+            raise ValueError(
+                "SimMIM reconstructs the images: a target `y` must have the shape of "
+                f"`pixel_values` {tuple(pixel_shape)}. Received: y shape={tuple(y.shape)}. Leave "
+                "y out to reconstruct `pixel_values` themselves."
+            )
 
 
 MODEL_CLASSES = {

@@ -144,3 +144,10 @@ def test_pretrained_model_keeps_its_config(tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     assert keras.saving.load_model(path).config == model.config
+
+
+def test_from_config_keeps_trainable_false(config):
+    model = kd.DeiTForImageClassificationWithTeacher(config)
+    model.trainable = False
+    clone = kd.DeiTForImageClassificationWithTeacher.from_config(model.get_config())
+    assert not clone.trainable and clone.trainable_weights == []

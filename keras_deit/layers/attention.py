@@ -100,6 +100,9 @@ class DeiTAttention(keras.layers.Layer):
             return_attention_scores
             or self.head_mask is not None
             or (training and self.attention_dropout_layer is not None)
+            # float16 (mixed_float16): XLA:CPU has no F16_F16_F32 dot for the fused kernel
+            # under jit, and the explicit path keeps the softmax in float32 everywhere.
+            or keras.backend.standardize_dtype(query.dtype) == "float16"
         )
         probs = None
         if explicit:

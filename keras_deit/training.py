@@ -1,0 +1,240 @@
+"""Fine-tuning helpers: a new input size, backbone transfer, and DeiT's AdamW set-up.
+
+- `rebuild_at_image_size`: the same model for another resolution (e.g. 224 -> 384), with the
+  position embeddings resampled once, as DeiT fine-tunes at 384; the new model keeps a static
+  input size (unlike `interpolate_pos_encoding=True`, which resamples on every call).
+- `transfer_backbone_weights`: copies variables between models by path, e.g. a SimMIM-trained
+  encoder into a classifier, and reports what it skipped.
+- `deit_adamw`: AdamW without weight decay on norms, biases, tokens and position embeddings.
+"""
+
+import dataclasses
+import re
+
+import keras
+from keras import ops
+
+from keras_deit.layers.interpolation import bicubic_resize
+
+# Variables that get no weight decay: LayerNorm scale and offset, every bias, DeiT III's
+# LayerScale, the learned tokens and the position embeddings (timm's rule for DeiT: 1-D
+# parameters plus `no_weight_decay()`). Keras matches them with `re.search` against the
+# variable's name, which is "gamma" on JAX and torch but the full path with a ":0" suffix
+# ("encoder/layer_0/layernorm_before/gamma:0") on TensorFlow: hence the optional parts.
+NO_WEIGHT_DECAY_PATTERNS = (
+    r"(?:^|/)(?:gamma|beta|ls1|ls2)(?::\d+)?$",
+    r"bias(?::\d+)?$",
+    r"(?:^|/)(?:cls_token|distillation_token|mask_token|position_embeddings)(?::\d+)?$",
+)
+
+
+def deit_adamw(learning_rate=5e-4, weight_decay=0.05, **kwargs):
+    """`keras.optimizers.AdamW` with DeiT's weight-decay exclusions.
+
+    LayerNorm gamma/beta, all biases, LayerScale vectors, the class/distillation/mask tokens
+    and the position embeddings are excluded (`NO_WEIGHT_DECAY_PATTERNS`); kernels decay. The
+    defaults are DeiT's (lr 5e-4 for a batch of 512, scale it linearly; weight decay 0.05).
+
+    Args:
+        learning_rate: float or a `keras.optimizers.schedules.LearningRateSchedule`.
+        weight_decay: float.
+        **kwargs: passed to `keras.optimizers.AdamW` (`beta_1`, `epsilon`, `clipnorm`, ...).
+
+    Returns:
+        An unbuilt `keras.optimizers.AdamW`.
+    """
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY_PATTERNS))
+    return optimizer
+
+
+def is_excluded_from_weight_decay(variable):
+    """Whether `deit_adamw` leaves `variable` (a Keras variable) without weight decay."""
+    return any(re.search(pattern, variable.name) for pattern in NO_WEIGHT_DECAY_PATTERNS)
+
+
+def resample_position_embeddings(position_embeddings, old_grid, new_grid, num_prefix_tokens):
+    """Resizes the patch part of position embeddings to a new patch grid.
+
+    The prefix entries (class and distillation tokens) are kept; the patch grid is resized
+    with PyTorch's bicubic kernel (`bicubic_resize`), as transformers'
+    `interpolate_pos_encoding` and `DeiTEmbeddings` do.
+
+    Args:
+        position_embeddings: (1, num_prefix_tokens + rows * cols, hidden).
+        old_grid: (rows, cols) of the stored embeddings.
+        new_grid: (new_rows, new_cols).
+        num_prefix_tokens: int, entries before the patches (0 for DeiT III).
+
+    Returns:
+        (1, num_prefix_tokens + new_rows * new_cols, hidden), a tensor.
+    """
+    position_embeddings = ops.convert_to_tensor(position_embeddings)
+    rows, cols = old_grid
+    length, hidden = position_embeddings.shape[1], position_embeddings.shape[2]
+    if length != num_prefix_tokens + rows * cols:
+        raise ValueError(
+            f"The position embeddings hold {length} entries, not num_prefix_tokens + rows * "
+            f"cols = {num_prefix_tokens} + {rows} * {cols}. Received: shape="
+            f"{tuple(position_embeddings.shape)}, old_grid={tuple(old_grid)}. Pass the grid and "
+            "prefix count of the model they come from."
+        )
+    if tuple(old_grid) == tuple(new_grid):
+        return position_embeddings
+    prefix = position_embeddings[:, :num_prefix_tokens]
+    patches = ops.reshape(position_embeddings[:, num_prefix_tokens:], (1, rows, cols, hidden))
+    patches = ops.reshape(bicubic_resize(patches, tuple(new_grid)), (1, -1, hidden))
+    return ops.concatenate([prefix, patches], axis=1)
+
+
+def _position_prefix(config):
+    return config.num_prefix_tokens if config.class_token_position_embedding else 0
+
+
+def rebuild_at_image_size(model, image_size):
+    """The same model for another input size, position embeddings resampled once.
+
+    Builds `type(model)` with `config.image_size = image_size` and the same options, and
+    copies every variable; the position embeddings are resampled from the old patch grid to
+    the new one (`resample_position_embeddings`). The new model takes only `image_size` inputs
+    (a static graph), and gives the same outputs as `model` built with
+    `interpolate_pos_encoding=True` on images of that size.
+
+    Args:
+        model: a DeiT model (`DeiTModel`, `DeiTForImageClassification`, ...).
+        image_size: int or (height, width), divisible by the patch size.
+
+    Returns:
+        A new model of the same class.
+
+    Example:
+        ```python
+        model = DeiTForImageClassification.from_pretrained(source, num_labels=10)
+        model384 = rebuild_at_image_size(model, 384)
+        ```
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "get_config"):
+        raise ValueError(
+            "`model` must be a keras_deit model (DeiTModel, DeiTForImageClassification, ...). "
+            f"Received: model of type {type(model).__name__}"
+        )
+    new_config = config.replace(
+        image_size=tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
+    )
+    options = dict(model.get_config(), config=new_config)
+    new_model = type(model).from_config(options)
+    prefix = _position_prefix(config)
+    pairs = list(zip(model.weights, new_model.weights))
+    if len(model.weights) != len(new_model.weights) or any(
+        old.path != new.path for old, new in pairs
+    ):
+        raise ValueError(
+            f"Rebuilding {type(model).__name__} gave a different set of variables; this model "
+            "cannot be resized by this helper."
+        )
+    for old, new in pairs:
+        value = old.value
+        if old.path.endswith("position_embeddings") and tuple(old.shape) != tuple(new.shape):
+            value = resample_position_embeddings(value, config.grid_size, new_config.grid_size,
+                                                 prefix)
+        new.assign(ops.cast(value, new.dtype))
+    return new_model
+
+
+@dataclasses.dataclass
+class TransferReport:
+    """What `transfer_backbone_weights` did, by variable path.
+
+    Attributes:
+        copied: paths assigned from the source.
+        resampled: paths whose position embeddings were resampled to the target's grid.
+        skipped: source paths the target lacks (e.g. `embeddings/mask_token`, `decoder/...`).
+        missing: target paths the source lacks, left as they were (e.g. `classifier/...`).
+    """
+
+    copied: list
+    resampled: list
+    skipped: list
+    missing: list
+
+
+def transfer_backbone_weights(source, target, resample=True):
+    """Copies the variables `source` and `target` share, matched by variable path.
+
+    Meant for moving a backbone between task models: the SimMIM encoder (`mim.deit`, or the
+    whole `DeiTForMaskedImageModeling`) into a classifier (`model.deit`, or the whole model).
+    Paths are relative to the DeiT backbone (`embeddings/cls_token`, `encoder/layer_0/...`,
+    `layernorm/gamma`), so both sub-models and whole models work. Variables only one side has
+    are reported, not copied: the SimMIM `mask_token` and decoder, a fresh classifier.
+
+    Args:
+        source, target: Keras models or layers holding DeiT variables.
+        resample: bool, resample position embeddings when the two image sizes differ (both
+            sides must carry a `config`, as every keras_deit model does); if False, such a
+            difference raises.
+
+    Returns:
+        A `TransferReport`.
+
+    Raises:
+        ValueError: on a shared path whose shapes differ (other than resampled position
+            embeddings), or duplicate paths.
+    """
+    source_vars, target_vars = _by_path(source, "source"), _by_path(target, "target")
+    report = TransferReport(copied=[], resampled=[], skipped=[], missing=[])
+    assignments = []
+    for path, variable in target_vars.items():
+        if path not in source_vars:
+            report.missing.append(path)
+            continue
+        value = source_vars[path].value
+        if tuple(value.shape) != tuple(variable.shape):
+            if not (resample and path.endswith("position_embeddings")):
+                raise ValueError(
+                    f"Variable {path!r} has shape {tuple(value.shape)} in the source but "
+                    f"{tuple(variable.shape)} in the target. Received: source "
+                    f"{type(source).__name__}, target {type(target).__name__}. Build both from "
+                    "the same architecture (for another image size, pass resample=True)."
+                )
+            value = _resample_between(value, source, target, path)
+            report.resampled.append(path)
+        assignments.append((variable, value))
+        report.copied.append(path)
+    report.skipped = [path for path in source_vars if path not in target_vars]
+    # Assign only after every check passed, so a failure leaves the target untouched.
+    for variable, value in assignments:
+        variable.assign(ops.cast(value, variable.dtype))
+    return report
+
+
+def _by_path(layer, what):
+    variables = {}
+    for variable in layer.weights:
+        if variable.path in variables:
+            raise ValueError(
+                f"Two variables of the {what} share the path {variable.path!r}; match them by "
+                f"hand. Received: {type(layer).__name__}."
+            )
+        variables[variable.path] = variable
+    return variables
+
+
+def _resample_between(value, source, target, path):
+    configs = getattr(source, "config", None), getattr(target, "config", None)
+    if None in configs:
+        raise ValueError(
+            f"Cannot resample {path!r}: the source and target must be keras_deit models (with a "
+            f"`config`). Received: {type(source).__name__} and {type(target).__name__}."
+        )
+    src, dst = configs
+    if _position_prefix(src) != _position_prefix(dst):
+        raise ValueError(
+            f"The source and target of {path!r} have different prefix tokens "
+            f"({_position_prefix(src)} vs {_position_prefix(dst)} position entries). Use models "
+            "that both have (or both lack) the distillation token."
+        )
+    return resample_position_embeddings(value, src.grid_size, dst.grid_size, _position_prefix(src))
+
