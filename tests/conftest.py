@@ -31,6 +31,19 @@ def tiny_config(**changes):
     return kd.DeiTConfig(**fields)
 
 
+def small_config(**changes):
+    """An even smaller architecture for training tests (hidden 32, one layer, 2 heads)."""
+    fields = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    fields.update(changes)
+    return tiny_config(**fields)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state, on every backend."""
+    keras.utils.set_random_seed(0)
+
+
 @pytest.fixture
 def config():
     return tiny_config()

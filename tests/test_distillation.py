@@ -6,24 +6,13 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import max_abs_diff, tiny_config, to_numpy
+from conftest import max_abs_diff, small_config, to_numpy
 from keras_deit.distillation import (
     DeiTDistiller,
     distillation_loss,
     hard_distillation_loss,
     soft_distillation_loss,
 )
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    keras.utils.set_random_seed(0)
-
-
-def small_config(**changes):
-    fields = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    fields.update(changes)
-    return tiny_config(**fields)
 
 
 def cnn_teacher(num_classes=5):

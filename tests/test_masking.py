@@ -8,20 +8,9 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import max_abs_diff, tiny_config, to_numpy
+from conftest import max_abs_diff, small_config, to_numpy
 from keras_deit.masking import MaskGenerator
 from keras_deit.training import transfer_backbone_weights
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    keras.utils.set_random_seed(0)
-
-
-def small_config(**changes):
-    fields = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    fields.update(changes)
-    return tiny_config(**fields)
 
 
 def check_masks(masks, generator):

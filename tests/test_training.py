@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import HF, max_abs_diff, tiny_config, to_numpy
+from conftest import HF, max_abs_diff, small_config, to_numpy
 from keras_deit.training import (
     deit_adamw,
     is_excluded_from_weight_decay,
@@ -20,17 +20,6 @@ from keras_deit.training import (
 
 BACKEND = keras.backend.backend()
 HEADS = [kd.DeiTForImageClassification, kd.DeiTForImageClassificationWithTeacher]
-
-
-@pytest.fixture(autouse=True)
-def seeded():
-    keras.utils.set_random_seed(0)
-
-
-def small_config(**changes):
-    fields = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    fields.update(changes)
-    return tiny_config(**fields)
 
 
 def batch(n=8, size=32, seed=0):
