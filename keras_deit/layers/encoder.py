@@ -45,9 +45,9 @@ class DeiTMLP(keras.layers.Layer):
         self.fc2_bias = self.add_weight(name="fc2_bias", shape=(d,), initializer="zeros")
 
     def call(self, hidden_states, training=None):
-        # `@` for the same reason as in DeiTAttention: cheaper dispatch on PyTorch.
-        x = self.activation(hidden_states @ self.fc1_kernel.value + self.fc1_bias.value)
-        x = x @ self.fc2_kernel.value + self.fc2_bias.value
+        # ops.matmul on `.value`, as in DeiTAttention.
+        x = self.activation(ops.matmul(hidden_states, self.fc1_kernel.value) + self.fc1_bias.value)
+        x = ops.matmul(x, self.fc2_kernel.value) + self.fc2_bias.value
         if self.dropout_layer is not None:
             x = self.dropout_layer(x, training=training)
         return x
