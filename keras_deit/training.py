@@ -140,7 +140,8 @@ def rebuild_at_image_size(model, image_size):
         if old.path.endswith("position_embeddings") and tuple(old.shape) != tuple(new.shape):
             value = resample_position_embeddings(value, config.grid_size, new_config.grid_size,
                                                  prefix)
-        new.assign(ops.cast(value, new.dtype))
+        # A copy: on JAX the assigned array would be shared, and `fit` frees the target's.
+        new.assign(ops.copy(ops.cast(value, new.dtype)))
     return new_model
 
 
@@ -206,7 +207,8 @@ def transfer_backbone_weights(source, target, resample=True):
     report.skipped = [path for path in source_vars if path not in target_vars]
     # Assign only after every check passed, so a failure leaves the target untouched.
     for variable, value in assignments:
-        variable.assign(ops.cast(value, variable.dtype))
+        # A copy: on JAX the assigned array would be shared, and `fit` frees the target's.
+        variable.assign(ops.copy(ops.cast(value, variable.dtype)))
     return report
 
 
