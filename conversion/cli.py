@@ -12,13 +12,8 @@ import tempfile
 import warnings
 
 from conversion.readers import CheckpointError
+from keras_deit.models import MODEL_CLASSES
 
-MODEL_CLASSES = (
-    "DeiTModel",
-    "DeiTForImageClassification",
-    "DeiTForImageClassificationWithTeacher",
-    "DeiTForMaskedImageModeling",
-)
 # What OUTPUT may end with, and how each is written.
 OUTPUT_SUFFIXES = (".keras", ".weights.h5")
 
@@ -41,7 +36,7 @@ def build_parser(prog="python -m conversion"):
     )
     parser.add_argument("source", help="preset name, URL, hub id (owner/name), folder or file")
     parser.add_argument("output", help="OUTPUT.keras (whole model) or OUTPUT.weights.h5 (weights)")
-    parser.add_argument("--model-class", default="auto", choices=("auto",) + MODEL_CLASSES,
+    parser.add_argument("--model-class", default="auto", choices=("auto", *MODEL_CLASSES),
                         help="model to build (default: the checkpoint's own)")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="attention heads, for timm-layout weights matching no preset")
@@ -93,7 +88,6 @@ def _check_args(args):
 
 
 def _convert(args):
-    import keras_deit
     from conversion.loading import build_model, open_checkpoint
 
     show = not args.quiet
@@ -101,7 +95,7 @@ def _convert(args):
         args.source, num_attention_heads=args.num_heads, preset_source=args.preset_source,
         cache_dir=args.cache_dir, progress=show,
     )
-    cls = None if args.model_class == "auto" else getattr(keras_deit, args.model_class)
+    cls = None if args.model_class == "auto" else MODEL_CLASSES[args.model_class]
     with warnings.catch_warnings():
         # Fresh variables are listed in the summary instead.
         warnings.simplefilter("ignore")

@@ -92,7 +92,7 @@ class DeiTAttention(keras.layers.Layer):
         qkv = ops.matmul(hidden_states, self.qkv_kernel.value)
         if self.qkv_bias_weight is not None:
             qkv = qkv + self.qkv_bias_weight.value
-        batch, length = ops.shape(hidden_states)[0], ops.shape(hidden_states)[1]
+        batch, length = ops.shape(hidden_states)[:2]
         qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, len, heads, dim)
 
