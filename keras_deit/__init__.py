@@ -10,6 +10,7 @@ from keras_deit.layers import (
     DeiTMLP,
     DeiTPatchEmbeddings,
     DeiTPooler,
+    default_attn_implementation,
 )
 from keras_deit.distillation import (
     DeiTDistiller,

@@ -23,7 +23,7 @@ Every format is written by the framework that owns it, whatever backend the mode
   list of the result is checked again. Exact GELU needs no trick: Keras' TensorFlow backend
   computes `ops.gelu(approximate=False)` as `tf.nn.gelu`, i.e. `0.5 * x * erfc(-x / sqrt(2))`;
   TFLite has no Erf/Erfc builtin, but the converter recognizes that pattern and emits the builtin
-  `GELU` (approximate=false). `ops.dot_product_attention` lowers to `BATCH_MATMUL`, `SOFTMAX`,
+  `GELU` (approximate=false). Either attention kernel lowers to `BATCH_MATMUL`, `SOFTMAX`,
   `TRANSPOSE`, all builtin. Quantization: `float16` stores float16 weights (dequantized at load),
   `int8` is dynamic-range quantization (int8 weights, float activations; no calibration data).
 - **ONNX** is written by PyTorch's exporter (`torch.onnx.export(dynamo=True)`, onnxscript;

@@ -55,6 +55,7 @@ class DeiTPreTrainedModel(keras.Model):
         interpolate_pos_encoding=False,
         data_format="channels_last",
         head_mask=None,
+        attn_implementation=None,
     )
 
     @classmethod
@@ -374,6 +375,10 @@ class DeiTModel(DeiTPreTrainedModel):
         data_format: "channels_last" (batch, H, W, C) or "channels_first" (batch, C, H, W).
         head_mask: optional (num_heads,) or (num_layers, num_heads) values in [0, 1] that scale
             each head's attention probabilities.
+        attn_implementation: "sdpa" (`keras.ops.dot_product_attention`), "eager" (batched
+            matmuls), or None: the faster of the two on this backend and device (see
+            `keras_deit.layers.attention.default_attn_implementation`). Both give the same
+            outputs; attention maps and head masks always use "eager".
 
     Inputs:
         pixel_values (batch, H, W, C), preprocessed float images (or the dict above).
@@ -395,6 +400,7 @@ class DeiTModel(DeiTPreTrainedModel):
         interpolate_pos_encoding=False,
         data_format="channels_last",
         head_mask=None,
+        attn_implementation=None,
         **kwargs,
     ):
         config = _as_config(config)
@@ -432,6 +438,7 @@ class DeiTModel(DeiTPreTrainedModel):
             layer_scale_init_value=config.layer_scale_init_value,
             head_mask=head_mask,
             initializer_range=config.initializer_range,
+            attn_implementation=attn_implementation,
             name="encoder",
         )
         layernorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layernorm")
@@ -474,6 +481,7 @@ class DeiTModel(DeiTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             data_format=data_format,
             head_mask=encoder.head_mask,
+            attn_implementation=attn_implementation,
         ))
         self.to_channels_last = to_channels_last
         self.embeddings = embeddings
@@ -565,6 +573,7 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         interpolate_pos_encoding=False,
         data_format="channels_last",
         head_mask=None,
+        attn_implementation=None,
         **kwargs,
     ):
         config = _as_config(config)
@@ -574,6 +583,7 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             data_format=data_format,
             head_mask=head_mask,
+            attn_implementation=attn_implementation,
         )
 
         # === Layers ===
@@ -634,6 +644,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         interpolate_pos_encoding=False,
         data_format="channels_last",
         head_mask=None,
+        attn_implementation=None,
         **kwargs,
     ):
         config = _as_config(config)
@@ -649,6 +660,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             data_format=data_format,
             head_mask=head_mask,
+            attn_implementation=attn_implementation,
         )
 
         # === Layers ===
@@ -729,6 +741,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         interpolate_pos_encoding=False,
         data_format="channels_last",
         head_mask=None,
+        attn_implementation=None,
         **kwargs,
     ):
         config = _as_config(config)
@@ -744,6 +757,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             data_format=data_format,
             head_mask=head_mask,
+            attn_implementation=attn_implementation,
         )
 
         # === Layers ===

@@ -20,6 +20,8 @@ LAYER_CASES = [
                              use_distillation_token=False, class_token_position_embedding=False),
      (IMAGES,), (2, 17, 48)),
     (kd.DeiTAttention, dict(hidden_size=48, num_heads=3, head_mask=[1, 0, 1]), (TOKENS,), (2, 18, 48)),
+    (kd.DeiTAttention, dict(hidden_size=48, num_heads=3, attn_implementation="sdpa"), (TOKENS,),
+     (2, 18, 48)),
     (kd.DeiTMLP, dict(hidden_size=48, intermediate_size=96, hidden_act="gelu_new"), (TOKENS,), (2, 18, 48)),
     (kd.DeiTLayer, dict(hidden_size=48, num_heads=3, intermediate_size=96, drop_path_rate=0.1,
                         layer_scale_init_value=1e-5), (TOKENS,), (2, 18, 48)),
@@ -57,17 +59,33 @@ def test_encoder_round_trip_and_outputs():
     assert clone.get_config() == encoder.get_config()
 
 
-def test_fast_and_explicit_attention_agree():
-    layer = kd.DeiTAttention(48, 3)
-    fast = layer(TOKENS)
-    explicit, probs = layer(TOKENS, return_attention_scores=True)
-    assert max_abs_diff(fast, explicit) < 1e-5
+def test_sdpa_and_eager_attention_agree():
+    sdpa = kd.DeiTAttention(48, 3, attn_implementation="sdpa")
+    eager = kd.DeiTAttention(48, 3, attn_implementation="eager")
+    out = sdpa(TOKENS)
+    eager.build(TOKENS.shape)
+    eager.set_weights(sdpa.get_weights())
+    assert max_abs_diff(eager(TOKENS), out) < 1e-5
+    # Asking for the probabilities runs the eager kernel whatever the setting.
+    with_probs, probs = sdpa(TOKENS, return_attention_scores=True)
+    assert max_abs_diff(with_probs, out) < 1e-5
     np.testing.assert_allclose(to_numpy(probs).sum(-1), 1.0, atol=1e-5)
 
 
-def test_attention_matches_torch_multihead_formula():
-    torch = pytest.importorskip("torch")
+def test_attention_implementation_default_and_errors():
+    assert kd.default_attn_implementation() in ("sdpa", "eager")
+    if keras.backend.backend() == "torch":
+        assert kd.default_attn_implementation() == "sdpa"  # PyTorch's fused CPU kernel
     layer = kd.DeiTAttention(48, 3)
+    assert layer.get_config()["attn_implementation"] is None  # re-resolved where it is loaded
+    with pytest.raises(ValueError, match="attn_implementation.*'flash'"):
+        kd.DeiTAttention(48, 3, attn_implementation="flash")
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_attention_matches_torch_multihead_formula(attn_implementation):
+    torch = pytest.importorskip("torch")
+    layer = kd.DeiTAttention(48, 3, attn_implementation=attn_implementation)
     layer.build((None, 18, 48))
     qkv_w, qkv_b, out_w, out_b = (to_numpy(v) for v in layer.weights)
     x = torch.from_numpy(TOKENS)

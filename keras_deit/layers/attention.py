@@ -3,17 +3,35 @@
 import keras
 from keras import ops
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def default_attn_implementation():
+    """The attention kernel that is fastest here: "sdpa" or "eager".
+
+    "sdpa" (`keras.ops.dot_product_attention`) reaches fused kernels on PyTorch (its CPU
+    flash-attention kernel) and on GPUs and TPUs. On TensorFlow and JAX on CPU that op is two
+    einsums in (batch, len, heads, dim) layout, which measured 7-10% slower (JAX, whole model)
+    and 25% slower to train (TensorFlow, the gradient of the q/k/v split) than "eager": one
+    transpose to (batch, heads, len, dim) and plain batched matmuls.
+    See benchmarks/RESULTS.md.
+    """
+    if keras.backend.backend() == "torch":
+        return "sdpa"
+    accelerators = [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
+    return "sdpa" if accelerators else "eager"
+
 
 @keras.saving.register_keras_serializable(package="keras_deit")
 class DeiTAttention(keras.layers.Layer):
     """Multi-head self-attention: fused q/k/v projection, attention, output projection.
 
-    Two paths compute the same function:
-    - fast: `keras.ops.dot_product_attention` (PyTorch SDPA, XLA's fused attention, ...), used
-      when nothing but the output is needed;
-    - explicit: softmax(q k^T * scale) in float32, then attention dropout and the head mask,
-      used when the attention probabilities are requested, a head mask is set, or attention
-      dropout is active.
+    Two kernels compute the same function (as transformers' `attn_implementation`):
+    - "sdpa": `keras.ops.dot_product_attention` (PyTorch SDPA, cuDNN / XLA fused attention);
+    - "eager": softmax((q * scale) k^T) v with batched matmuls in (batch, heads, len, dim)
+      layout and the softmax in float32. It keeps the probabilities, so it also runs whenever
+      they are needed: attention scores requested, a head mask set, attention dropout active,
+      or float16 compute.
 
     Args:
         hidden_size: int, model width; divisible by `num_heads`.
@@ -24,6 +42,9 @@ class DeiTAttention(keras.layers.Layer):
         head_mask: optional list of `num_heads` floats (1 keeps a head, 0 silences it),
             multiplied into the attention probabilities as in transformers.
         initializer_range: float, stddev of the truncated-normal kernel initializer.
+        attn_implementation: "sdpa", "eager", or None for `default_attn_implementation()`
+            (resolved when the layer is created, so a saved model takes the best kernel of the
+            backend it is loaded on).
 
     Call arguments:
         hidden_states: (batch, seq_len, hidden_size).
@@ -43,9 +64,15 @@ class DeiTAttention(keras.layers.Layer):
         dropout=0.0,
         head_mask=None,
         initializer_range=0.02,
+        attn_implementation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
+            raise ValueError(
+                f"`attn_implementation` must be one of {ATTN_IMPLEMENTATIONS} or None. "
+                f"Received: attn_implementation={attn_implementation!r}"
+            )
         if hidden_size % num_heads:
             raise ValueError(
                 "`hidden_size` must be divisible by `num_heads`. "
@@ -65,6 +92,8 @@ class DeiTAttention(keras.layers.Layer):
         self.dropout = dropout
         self.head_mask = head_mask
         self.initializer_range = initializer_range
+        self.attn_implementation = attn_implementation
+        self._fused = (attn_implementation or default_attn_implementation()) == "sdpa"
         self.head_dim = hidden_size // num_heads
         self.scale = self.head_dim**-0.5
         self.attention_dropout_layer = (
@@ -94,21 +123,23 @@ class DeiTAttention(keras.layers.Layer):
             qkv = qkv + self.qkv_bias_weight.value
         batch, length = ops.shape(hidden_states)[:2]
         qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, len, heads, dim)
 
-        explicit = (
+        needs_probs = (
             return_attention_scores
             or self.head_mask is not None
             or (training and self.attention_dropout_layer is not None)
             # float16 (mixed_float16): XLA:CPU has no F16_F16_F32 dot for the fused kernel
-            # under jit, and the explicit path keeps the softmax in float32 everywhere.
-            or keras.backend.standardize_dtype(query.dtype) == "float16"
+            # under jit, and the eager kernel keeps the softmax in float32 everywhere.
+            or keras.backend.standardize_dtype(qkv.dtype) == "float16"
         )
         probs = None
-        if explicit:
-            context, probs = self._explicit_attention(query, key, value, training)
-        else:
+        if self._fused and not needs_probs:
+            # ops.unstack, not slicing: on TensorFlow the gradient of three strided slices
+            # costs more than the attention itself.
+            query, key, value = ops.unstack(qkv, 3, axis=2)  # (batch, len, heads, dim)
             context = ops.dot_product_attention(query, key, value, scale=self.scale)
+        else:
+            context, probs = self._eager_attention(qkv, training)
         context = ops.reshape(context, (batch, length, self.hidden_size))
         output = ops.matmul(context, self.output_kernel.value) + self.output_bias.value
         if self.dropout_layer is not None:
@@ -117,20 +148,28 @@ class DeiTAttention(keras.layers.Layer):
             return output, probs
         return output
 
-    def _explicit_attention(self, query, key, value, training):
-        """softmax(q k^T * scale) v with the probabilities kept; inputs (batch, len, heads, dim)."""
-        query = ops.transpose(query, (0, 2, 1, 3))
-        key = ops.transpose(key, (0, 2, 3, 1))
-        value = ops.transpose(value, (0, 2, 1, 3))
-        scores = ops.matmul(query, key) * self.scale
+    def _eager_attention(self, qkv, training):
+        """Attention with the probabilities kept.
+
+        Args:
+            qkv: (batch, len, 3, heads, dim), the fused projections.
+
+        Returns:
+            The context (batch, len, heads, dim) and the probabilities (batch, heads, len, len).
+        """
+        # One transpose of the fused tensor puts the heads next to the batch, so both products
+        # are plain batched matmuls.
+        query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        # Scaling q (len x dim) is cheaper than scaling the scores (len x len).
+        scores = ops.matmul(query * self.scale, ops.swapaxes(key, -1, -2))
         # Softmax in float32 for stability under mixed precision, as transformers does.
-        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), query.dtype)
+        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), qkv.dtype)
         if self.attention_dropout_layer is not None:
             probs = self.attention_dropout_layer(probs, training=training)
         if self.head_mask is not None:
             probs = probs * ops.cast(ops.reshape(self.head_mask, (1, -1, 1, 1)), probs.dtype)
-        context = ops.matmul(probs, value)
-        return ops.transpose(context, (0, 2, 1, 3)), probs
+        context = ops.transpose(ops.matmul(probs, value), (0, 2, 1, 3))
+        return context, probs
 
     def compute_output_shape(self, input_shape, return_attention_scores=False):
         if return_attention_scores:
@@ -148,5 +187,6 @@ class DeiTAttention(keras.layers.Layer):
             dropout=self.dropout,
             head_mask=self.head_mask,
             initializer_range=self.initializer_range,
+            attn_implementation=self.attn_implementation,
         )
         return config

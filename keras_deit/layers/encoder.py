@@ -85,6 +85,8 @@ class DeiTLayer(keras.layers.Layer):
         layer_scale_init_value: None or float, initial LayerScale value.
         head_mask: optional list of `num_heads` floats, see `DeiTAttention`.
         initializer_range: float.
+        attn_implementation: "sdpa", "eager" or None (the backend's fastest), see
+            `DeiTAttention`.
 
     Call arguments:
         hidden_states: (batch, seq_len, hidden_size).
@@ -109,6 +111,7 @@ class DeiTLayer(keras.layers.Layer):
         layer_scale_init_value=None,
         head_mask=None,
         initializer_range=0.02,
+        attn_implementation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -124,6 +127,7 @@ class DeiTLayer(keras.layers.Layer):
         self.layer_scale_init_value = layer_scale_init_value
         self.head_mask = head_mask
         self.initializer_range = initializer_range
+        self.attn_implementation = attn_implementation
 
         self.layernorm_before = keras.layers.LayerNormalization(
             epsilon=layer_norm_eps, name="layernorm_before"
@@ -136,6 +140,7 @@ class DeiTLayer(keras.layers.Layer):
             dropout=hidden_dropout,
             head_mask=head_mask,
             initializer_range=initializer_range,
+            attn_implementation=attn_implementation,
             name="attention",
         )
         self.layernorm_after = keras.layers.LayerNormalization(
@@ -211,6 +216,7 @@ class DeiTLayer(keras.layers.Layer):
             layer_scale_init_value=self.layer_scale_init_value,
             head_mask=self.head_mask,
             initializer_range=self.initializer_range,
+            attn_implementation=self.attn_implementation,
         )
         return config
 
@@ -254,6 +260,7 @@ class DeiTEncoder(keras.layers.Layer):
         layer_scale_init_value=None,
         head_mask=None,
         initializer_range=0.02,
+        attn_implementation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -269,6 +276,7 @@ class DeiTEncoder(keras.layers.Layer):
         self.drop_path_rate = drop_path_rate
         self.layer_scale_init_value = layer_scale_init_value
         self.initializer_range = initializer_range
+        self.attn_implementation = attn_implementation
         self.head_mask = _per_layer_head_mask(head_mask, num_layers, num_heads)
         self.blocks = [
             DeiTLayer(
@@ -284,6 +292,7 @@ class DeiTEncoder(keras.layers.Layer):
                 layer_scale_init_value=layer_scale_init_value,
                 head_mask=self.head_mask[i] if self.head_mask else None,
                 initializer_range=initializer_range,
+                attn_implementation=attn_implementation,
                 name=f"layer_{i}",
             )
             for i in range(num_layers)
@@ -328,6 +337,7 @@ class DeiTEncoder(keras.layers.Layer):
             layer_scale_init_value=self.layer_scale_init_value,
             head_mask=self.head_mask,
             initializer_range=self.initializer_range,
+            attn_implementation=self.attn_implementation,
         )
         return config
 
