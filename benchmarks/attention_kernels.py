@@ -11,24 +11,12 @@ is faster) is what `default_attn_implementation` is chosen by.
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
+
+from harness import per_second, run_child
 
 BACKENDS = ("tensorflow", "jax", "torch")
 KERNELS = ("sdpa", "eager")
-
-
-def _per_second(step, count, seconds=None, warmup=2):
-    """Calls per second of `step()`: `count` calls, or as many as fit in `seconds`."""
-    for _ in range(warmup):
-        step()
-    calls, start = 0, time.perf_counter()
-    while calls < count or (seconds is not None and time.perf_counter() - start < seconds):
-        step()
-        calls += 1
-    return calls / (time.perf_counter() - start)
 
 
 def child(rounds, seconds, steps):
@@ -58,11 +46,11 @@ def child(rounds, seconds, steps):
     for _ in range(rounds):
         for kernel in KERNELS:
             for batch in (1, 8):
-                rate = batch * _per_second(
+                rate = batch * per_second(
                     lambda: inference[kernel].predict_on_batch(images[batch]), 3, seconds)
                 key = f"{kernel}/infer b{batch} (img/s)"
                 best[key] = max(best.get(key, 0.0), rate)
-            rate = _per_second(
+            rate = per_second(
                 lambda: training[kernel].train_on_batch(images[32], labels), steps, warmup=1)
             key = f"{kernel}/train b32 (steps/s)"
             best[key] = max(best.get(key, 0.0), rate)
@@ -86,13 +74,8 @@ def main():
     print("|---|---|---|---|---|---|")
     for backend in BACKENDS:
         print(f"timing {backend}", file=sys.stderr)
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        command = [sys.executable, __file__, "--child", "--rounds", str(args.rounds),
-                   "--seconds", str(args.seconds), "--steps", str(args.steps)]
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
-        if result.returncode:
-            sys.exit(f"child on {backend} failed:\n{result.stderr[-3000:]}")
-        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        figures = run_child(__file__, backend, "--rounds", str(args.rounds),
+                            "--seconds", str(args.seconds), "--steps", str(args.steps))
         for measure in ("infer b1 (img/s)", "infer b8 (img/s)", "train b32 (steps/s)"):
             sdpa, eager = figures[f"sdpa/{measure}"], figures[f"eager/{measure}"]
             print(f"| {backend} | {measure} | {sdpa:.3g} | {eager:.3g} | {eager / sdpa:.2f}x | "

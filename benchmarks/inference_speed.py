@@ -22,10 +22,9 @@ Needs keras-hub and transformers (benchmark-only dependencies, not the package's
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
+
+from harness import per_second, run_child
 
 SIZES = {  # name: (hidden, heads, GFLOP per image at 224px: 2 x multiply-accumulates)
     "tiny": (192, 3, 2.5),
@@ -35,17 +34,9 @@ SIZES = {  # name: (hidden, heads, GFLOP per image at 224px: 2 x multiply-accumu
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def _rate(step, batch, seconds, warmup=3):
-    """Images per second of `step()`, after `warmup` calls, over about `seconds`."""
-    for _ in range(warmup):
-        step()
-    calls, start = 0, time.perf_counter()
-    while True:
-        step()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and calls >= 3:
-            return calls * batch / elapsed
+def _images_per_second(step, batch, seconds):
+    """Images/s of `step()` on a batch of `batch`: 3 warm-up calls, then `seconds` of calls."""
+    return batch * per_second(step, 3, seconds, warmup=3)
 
 
 def child_keras(sizes, batches, seconds):
@@ -77,7 +68,7 @@ def child_keras(sizes, batches, seconds):
         for batch in batches:
             x = np.random.rand(batch, 224, 224, 3).astype("float32")
             for name, call in calls.items():
-                results[f"{name}/{size}/{batch}"] = _rate(call(x), batch, seconds)
+                results[f"{name}/{size}/{batch}"] = _images_per_second(call(x), batch, seconds)
         del ours, hub, calls
         keras.backend.clear_session()
     if "base" in sizes:
@@ -144,7 +135,7 @@ def _linears_rate(batch, seconds):
     inputs = keras.Input((tokens, hidden))
     model = keras.Model(inputs, Linears()(inputs))
     x = np.random.rand(batch, tokens, hidden).astype("float32")
-    return _rate(lambda: model.predict_on_batch(x), batch, seconds)
+    return _images_per_second(lambda: model.predict_on_batch(x), batch, seconds)
 
 
 def child_matmul():
@@ -162,7 +153,7 @@ def child_matmul():
 def _matmul_rate(matmul, rand, n=2048, seconds=2.0):
     """GFLOP/s of an n x n fp32 matrix product."""
     a, b = rand(n, n), rand(n, n)
-    return _rate(lambda: matmul(a, b), 1, seconds) * 2 * n**3 / 1e9
+    return per_second(lambda: matmul(a, b), 3, seconds, warmup=3) * 2 * n**3 / 1e9
 
 
 def _matmul_rate_jax(n=2048):
@@ -172,16 +163,6 @@ def _matmul_rate_jax(n=2048):
     a = jnp.ones((n, n), jnp.float32)
     product = jax.jit(jnp.matmul)
     return _matmul_rate(lambda x, y: product(x, y).block_until_ready(), lambda *s: a)
-
-
-def run_child(kind, backend, args):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, __file__, "--child", kind, "--sizes", ",".join(args.sizes),
-               "--batches", ",".join(map(str, args.batches)), "--seconds", str(args.seconds)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"{kind} child on {backend} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -204,7 +185,10 @@ def main():
         measured = {}
         for kind, backend in [("matmul", "torch")] + [("keras", b) for b in BACKENDS]:
             print(f"round {round_index + 1}/{args.rounds}: {kind} on {backend}", file=sys.stderr)
-            for key, value in run_child(kind, backend, args).items():
+            figures = run_child(__file__, backend, kind, "--sizes", ",".join(args.sizes),
+                                "--batches", ",".join(map(str, args.batches)),
+                                "--seconds", str(args.seconds))
+            for key, value in figures.items():
                 if not key.startswith("matmul"):
                     implementation, cell = key.split("/", 1)
                     key = f"{implementation}@{backend}/{cell}"

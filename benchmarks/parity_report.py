@@ -8,8 +8,9 @@ RESULTS.md quote. Each backend runs in its own process.
 
 import json
 import os
-import subprocess
 import sys
+
+from harness import run_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF = os.path.join(ROOT, "tests", "data", "hf")
@@ -113,12 +114,7 @@ def main():
         return
     table = {}
     for backend in BACKENDS:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        result = subprocess.run([sys.executable, __file__, "--child"], env=env,
-                                capture_output=True, text=True)
-        if result.returncode:
-            sys.exit(f"{backend} failed:\n{result.stderr[-3000:]}")
-        table[backend] = json.loads(result.stdout.strip().splitlines()[-1])
+        table[backend] = run_child(__file__, backend)
     print("| check | " + " | ".join(BACKENDS) + " |")
     print("|---|" + "---|" * len(BACKENDS))
     for check in table[BACKENDS[0]]:

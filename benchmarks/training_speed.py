@@ -15,22 +15,12 @@ Needs keras-hub and transformers (benchmark-only dependencies).
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
+
+from harness import per_second, run_child
 
 BACKENDS = ("tensorflow", "jax", "torch")
 TINY = dict(hidden=192, heads=3, layers=12)
-
-
-def _steps_per_second(step, steps, warmup=2):
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps / (time.perf_counter() - start)
 
 
 def child_keras(batch, steps):
@@ -48,7 +38,7 @@ def child_keras(batch, steps):
                            intermediate_size=4 * TINY["hidden"], num_labels=1000, layer_norm_eps=1e-6)
     ours = kd.DeiTForImageClassification(config)
     ours.compile(optimizer=keras.optimizers.AdamW(1e-4), loss={"logits": loss})
-    results = {"ours": _steps_per_second(lambda: ours.train_on_batch(x, {"logits": y}), steps)}
+    results = {"ours": per_second(lambda: ours.train_on_batch(x, {"logits": y}), steps)}
     del ours
     keras.backend.clear_session()
     backbone = keras_hub.models.DeiTBackbone(
@@ -56,7 +46,7 @@ def child_keras(batch, steps):
         hidden_dim=TINY["hidden"], intermediate_dim=4 * TINY["hidden"])
     hub = keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=1000)
     hub.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss)
-    results["keras-hub"] = _steps_per_second(lambda: hub.train_on_batch(x, y), steps)
+    results["keras-hub"] = per_second(lambda: hub.train_on_batch(x, y), steps)
     del hub, backbone
     if keras.backend.backend() == "torch":
         results["transformers"] = _transformers_steps_per_second(x, y, steps)
@@ -82,7 +72,7 @@ def _transformers_steps_per_second(images, labels, steps):
         loss.backward()
         optimizer.step()
 
-    return _steps_per_second(step, steps)
+    return per_second(step, steps)
 
 
 def main():
@@ -100,13 +90,8 @@ def main():
     for round_index in range(args.rounds):
         for backend in BACKENDS:
             print(f"round {round_index + 1}/{args.rounds}: {backend}", file=sys.stderr)
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-            command = [sys.executable, __file__, "--child", "--batch", str(args.batch),
-                       "--steps", str(args.steps)]
-            result = subprocess.run(command, env=env, capture_output=True, text=True)
-            if result.returncode:
-                sys.exit(f"{backend} child failed:\n{result.stderr[-3000:]}")
-            measured = json.loads(result.stdout.strip().splitlines()[-1])
+            measured = run_child(__file__, backend, "--batch", str(args.batch),
+                                 "--steps", str(args.steps))
             if backend == "torch":
                 torch_ratios.append(measured["ours"] / measured["transformers"])
             for impl, value in measured.items():

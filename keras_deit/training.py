@@ -140,8 +140,7 @@ def rebuild_at_image_size(model, image_size):
         if old.path.endswith("position_embeddings") and tuple(old.shape) != tuple(new.shape):
             value = resample_position_embeddings(value, config.grid_size, new_config.grid_size,
                                                  prefix)
-        # A copy: on JAX the assigned array would be shared, and `fit` frees the target's.
-        new.assign(ops.copy(ops.cast(value, new.dtype)))
+        _assign_copy(new, value)
     return new_model
 
 
@@ -207,9 +206,17 @@ def transfer_backbone_weights(source, target, resample=True):
     report.skipped = [path for path in source_vars if path not in target_vars]
     # Assign only after every check passed, so a failure leaves the target untouched.
     for variable, value in assignments:
-        # A copy: on JAX the assigned array would be shared, and `fit` frees the target's.
-        variable.assign(ops.copy(ops.cast(value, variable.dtype)))
+        _assign_copy(variable, value)
     return report
+
+
+def _assign_copy(variable, value):
+    """Assigns a copy of `value`, cast to the variable's dtype.
+
+    On JAX the assigned array would otherwise be shared with the source, and `fit` frees the
+    target's arrays as it replaces them.
+    """
+    variable.assign(ops.copy(ops.cast(value, variable.dtype)))
 
 
 def _by_path(layer, what):
