@@ -11,10 +11,9 @@ def default_attn_implementation():
 
     "sdpa" (`keras.ops.dot_product_attention`) reaches fused kernels on PyTorch (its CPU
     flash-attention kernel) and on GPUs and TPUs. On TensorFlow and JAX on CPU that op is two
-    einsums in (batch, len, heads, dim) layout, which measured 7-10% slower (JAX, whole model)
-    and 25% slower to train (TensorFlow, the gradient of the q/k/v split) than "eager": one
-    transpose to (batch, heads, len, dim) and plain batched matmuls.
-    See benchmarks/RESULTS.md.
+    einsums in (batch, len, heads, dim) layout. There "eager" (one transpose to (batch, heads,
+    len, dim), then plain batched matmuls) trained deit-tiny 7-10% faster on TensorFlow and
+    was level, within run-to-run noise, everywhere else. See benchmarks/RESULTS.md.
     """
     if keras.backend.backend() == "torch":
         return "sdpa"
