@@ -119,7 +119,8 @@ def assign_checkpoint(model, tensors, source="<tensors>", strict=True, key_map=N
                 elif present:
                     # A backbone part the model lacks is another architecture, not a head to
                     # drop: loading on would silently change the outputs.
-                    why = _ABSENT_PART.get(path.rsplit("/", 1)[-1], f"the model has no {path}")
+                    why = next((why for part, why in _ABSENT_PART.items()
+                                if path.endswith("/" + part)), f"the model has no {path}")
                     mismatched.append(f"{names[0]}: {why}")
                     used.update(names)
                 continue
@@ -158,7 +159,7 @@ def assign_checkpoint(model, tensors, source="<tensors>", strict=True, key_map=N
             "strict=False to ignore unused tensors."
         )
     for done, (variable, value) in enumerate(updates, 1):
-        variable.assign(value.astype(variable.dtype))
+        variable.assign(value)  # Keras casts to the variable's dtype (bfloat16 too).
         if progress is not None:
             progress(done, len(updates))
     return LoadingInfo(fresh=fresh, dropped=sorted(dropped + (unused if not strict else [])),
@@ -173,7 +174,7 @@ _ABSENT_PART = {
            "has none",
     "ls2": "the checkpoint has LayerScale (DeiT III), the model (layer_scale_init_value=None) "
            "has none",
-    "qkv_bias": "the checkpoint has q/k/v biases, the model (qkv_bias=False) has none",
+    "qkv/bias": "the checkpoint has q/k/v biases, the model (qkv_bias=False) has none",
 }
 
 
@@ -356,12 +357,20 @@ def build_model(checkpoint, cls=None, strict=True, progress=True, **model_option
     """Builds `cls` (None or `DeiTPreTrainedModel`: the checkpoint's own class) from an opened
     `Checkpoint` and fills it; see `load_pretrained`."""
     import keras_deit
+    from keras_deit import keras_native
     from keras_deit.models import DeiTPreTrainedModel
 
     if cls is None or cls is DeiTPreTrainedModel:
         cls = getattr(keras_deit, checkpoint.model_class)
-    model = cls(checkpoint.config, **model_options)
-    return _fill(model, checkpoint, strict, progress)
+    # A quantized dtype ("int8_from_float32") is applied after the float weights are in: the
+    # checkpoint holds float kernels, and Keras quantizes from them.
+    dtype = model_options.pop("dtype", None)
+    mode = keras_native.pending_quantization(dtype)
+    model_options["dtype"] = keras_native.layer_policy(dtype)
+    model = _fill(cls(checkpoint.config, **model_options), checkpoint, strict, progress)
+    if mode is not None:
+        model.quantize(mode)
+    return model
 
 
 def _fill(model, checkpoint, strict, progress):

@@ -10,6 +10,7 @@ import inspect
 import keras
 from keras import ops
 
+from keras_deit import keras_native
 from keras_deit.config import DeiTConfig
 from keras_deit.losses import (
     _is_integer_dtype,
@@ -24,6 +25,7 @@ from keras_deit.layers import (
     DeiTMaskedImageModelingDecoder,
     DeiTPooler,
 )
+from keras_deit.layers.projection import projection
 
 DATA_FORMATS = ("channels_last", "channels_first")
 
@@ -57,6 +59,21 @@ class DeiTPreTrainedModel(keras.Model):
         head_mask=None,
         attn_implementation=None,
     )
+
+    # Keyword arguments Keras' Model takes that our constructors pass on.
+    _model_kwargs = ("name", "trainable")
+
+    def __init__(self, *args, dtype=None, **kwargs):
+        unknown = sorted(set(kwargs) - {"inputs", "outputs", *self._model_kwargs})
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} got unknown keyword arguments {unknown}; it takes the "
+                f"options {sorted(self._options)}, dtype, name and trainable."
+            )
+        super().__init__(*args, **kwargs)
+        # The functional Model drops `dtype`; the layers were built with `layer_policy(dtype)`.
+        self._dtype_policy = keras_native.layer_policy(dtype)
+        self._pending_quantization = keras_native.pending_quantization(dtype)
 
     @classmethod
     def from_pretrained(cls, source, **kwargs):
@@ -291,10 +308,54 @@ class DeiTPreTrainedModel(keras.Model):
             batch_size=batch if isinstance(batch, int) else None,
         )
 
+    # ---- Keras-native: quantization, LoRA, layouts ----------------------------------------
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """`keras.Model.quantize` on every projection: "int8", "int4" or "float8".
+
+        Reaches the fused q/k/v, the attention output, both MLP layers and the heads (all
+        `keras.layers.Dense`); `filters` (a regex on layer paths such as
+        "encoder/layer_0/attention/qkv", a list of them, or a callable) limits it.
+        The quantized model saves and loads as `.keras` / `.weights.h5` (`get_config` stores a
+        `DTypePolicyMap`). GPTQ and AWQ need calibration data and are refused.
+        """
+        keras_native.check_quantization_mode(mode, self)
+        select = keras_native.quantization_filter(filters)
+        super().quantize(mode, config=config, filters=select, **kwargs)
+
+    def enable_lora(self, rank, target_names=None, train_heads=True):
+        """Adds LoRA adapters and freezes the rest of the model.
+
+        Args:
+            rank: int, the rank of each adapter (Keras' `Dense.enable_lora`, alpha = rank).
+            target_names: names of the projections to adapt, among "qkv" (the fused query /
+                key / value), "proj", "fc1", "fc2"; default ("qkv",), the attention
+                projections keras-hub adapts (query and value live in our fused kernel).
+            train_heads: bool, keep the task heads (classifiers, pooler, SimMIM decoder)
+                trainable: a new head must learn. False leaves only the LoRA weights trainable.
+
+        Saving writes the merged kernels (Keras merges LoRA into `Dense` weights on save), so
+        a saved file reloads as a plain model; `merge_lora()` gives that model in memory.
+        """
+        return keras_native.enable_lora(self, rank, target_names, train_heads)
+
+    def merge_lora(self):
+        """A new model of this class with the LoRA adapters folded into the kernels."""
+        return keras_native.merge_lora(self)
+
+    @staticmethod
+    def get_layout_map(device_mesh, model_parallel_dim_name="model",
+                       data_parallel_dim_name="batch"):
+        """A `keras.distribution.LayoutMap` for `keras.distribution.ModelParallel`; see
+        `keras_deit.keras_native.get_layout_map`."""
+        return keras_native.get_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name
+        )
+
     # ---- serialization --------------------------------------------------------------------
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
         config.update({key: getattr(self, key) for key in self._options})
+        config["dtype"] = keras_native.dtype_config(self)
         return config
 
     @classmethod
@@ -308,12 +369,16 @@ class DeiTPreTrainedModel(keras.Model):
         return model
 
     def _set_options(self, config, options):
+        """Records the config and options; the last step of every constructor."""
         # Keras' generic input-spec check would fire before `call` and pre-empt our errors,
         # which name the fix.
         self.input_spec = None
         self.config = config
         for key, value in options.items():
             setattr(self, key, value)
+        # Last: quantization locks the model's attributes.
+        if self._pending_quantization is not None:
+            self.quantize(self._pending_quantization)
 
 
 def _dict_keys(*specs):
@@ -401,14 +466,16 @@ class DeiTModel(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        dtype=None,
         **kwargs,
     ):
         config = _as_config(config)
+        requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         _check_options(data_format)
 
         # === Layers ===
         to_channels_last = (
-            keras.layers.Permute((2, 3, 1), name="to_channels_last")
+            keras.layers.Permute((2, 3, 1), dtype=dtype, name="to_channels_last")
             if data_format == "channels_first"
             else None
         )
@@ -422,6 +489,7 @@ class DeiTModel(DeiTPreTrainedModel):
             class_token_position_embedding=config.class_token_position_embedding,
             dropout=config.hidden_dropout_prob,
             initializer_range=config.initializer_range,
+            dtype=dtype,
             name="embeddings",
         )
         encoder = DeiTEncoder(
@@ -439,14 +507,18 @@ class DeiTModel(DeiTPreTrainedModel):
             head_mask=head_mask,
             initializer_range=config.initializer_range,
             attn_implementation=attn_implementation,
+            dtype=dtype,
             name="encoder",
         )
-        layernorm = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="layernorm")
+        layernorm = keras.layers.LayerNormalization(
+            epsilon=config.layer_norm_eps, dtype=dtype, name="layernorm"
+        )
         pooler = (
             DeiTPooler(
                 config.pooler_output_size,
                 config.pooler_act,
                 initializer_range=config.initializer_range,
+                dtype=dtype,
                 name="pooler",
             )
             if add_pooling_layer
@@ -470,9 +542,14 @@ class DeiTModel(DeiTPreTrainedModel):
         )
         if pooler is not None:
             outputs["pooler_output"] = pooler(outputs["last_hidden_state"])
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=requested_dtype, **kwargs)
 
         # === Config ===
+        self.to_channels_last = to_channels_last
+        self.embeddings = embeddings
+        self.encoder = encoder
+        self.layernorm = layernorm
+        self.pooler = pooler
         self._set_options(config, dict(
             add_pooling_layer=add_pooling_layer,
             use_mask_token=use_mask_token,
@@ -483,11 +560,6 @@ class DeiTModel(DeiTPreTrainedModel):
             head_mask=encoder.head_mask,
             attn_implementation=attn_implementation,
         ))
-        self.to_channels_last = to_channels_last
-        self.embeddings = embeddings
-        self.encoder = encoder
-        self.layernorm = layernorm
-        self.pooler = pooler
 
     def encode(self, inputs):
         """Applies this backbone's layers to new symbolic `inputs`; returns its outputs without
@@ -538,15 +610,13 @@ def _backbone(config, name="deit", **options):
     return DeiTModel(config, add_pooling_layer=False, name=name, **options)
 
 
-def _classifier(config, name):
+def _classifier(config, name, dtype):
     """Dense(num_labels) on a token; None (identity) when `num_labels` is 0, as transformers."""
     if config.num_labels == 0:
         return None
-    return keras.layers.Dense(
-        config.num_labels,
-        kernel_initializer=keras.initializers.TruncatedNormal(stddev=config.initializer_range),
-        name=name,
-    )
+    return projection(config.num_labels, config.initializer_range, dtype, name)
+
+
 
 
 @keras.saving.register_keras_serializable(package="keras_deit")
@@ -574,9 +644,11 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        dtype=None,
         **kwargs,
     ):
         config = _as_config(config)
+        requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         options = dict(
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -587,8 +659,8 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         )
 
         # === Layers ===
-        deit = _backbone(config, **options)
-        classifier = _classifier(config, "classifier")
+        deit = _backbone(config, dtype=dtype, **options)
+        classifier = _classifier(config, "classifier", dtype)
 
         # === Functional model ===
         pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
@@ -596,12 +668,12 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         class_token = encoded["last_hidden_state"][:, 0]
         logits = classifier(class_token) if classifier is not None else class_token
         outputs = _forward_extras(encoded, {"logits": logits})
-        super().__init__(inputs=pixel_values, outputs=outputs, **kwargs)
+        super().__init__(inputs=pixel_values, outputs=outputs, dtype=requested_dtype, **kwargs)
 
         # === Config ===
-        self._set_options(config, dict(options, head_mask=deit.head_mask))
         self.deit = deit
         self.classifier = classifier
+        self._set_options(config, dict(options, head_mask=deit.head_mask))
 
     _primary_output = "logits"
 
@@ -645,9 +717,11 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        dtype=None,
         **kwargs,
     ):
         config = _as_config(config)
+        requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         if not config.use_distillation_token:
             raise ValueError(
                 "DeiTForImageClassificationWithTeacher needs a distillation token, and this "
@@ -664,9 +738,9 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         )
 
         # === Layers ===
-        deit = _backbone(config, **options)
-        cls_classifier = _classifier(config, "cls_classifier")
-        distillation_classifier = _classifier(config, "distillation_classifier")
+        deit = _backbone(config, dtype=dtype, **options)
+        cls_classifier = _classifier(config, "cls_classifier", dtype)
+        distillation_classifier = _classifier(config, "distillation_classifier", dtype)
 
         # === Functional model ===
         pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
@@ -681,13 +755,16 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
             "cls_logits": cls_logits,
             "distillation_logits": distillation_logits,
         }
-        super().__init__(inputs=pixel_values, outputs=_forward_extras(encoded, outputs), **kwargs)
+        super().__init__(
+            inputs=pixel_values, outputs=_forward_extras(encoded, outputs),
+            dtype=requested_dtype, **kwargs,
+        )
 
         # === Config ===
-        self._set_options(config, dict(options, head_mask=deit.head_mask))
         self.deit = deit
         self.cls_classifier = cls_classifier
         self.distillation_classifier = distillation_classifier
+        self._set_options(config, dict(options, head_mask=deit.head_mask))
 
     _primary_output = "logits"
 
@@ -742,9 +819,11 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        dtype=None,
         **kwargs,
     ):
         config = _as_config(config)
+        requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         if config.patch_hw != (config.encoder_stride, config.encoder_stride):
             raise ValueError(
                 "The SimMIM decoder upsamples each patch token by `encoder_stride`, so it must "
@@ -761,12 +840,13 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         )
 
         # === Layers ===
-        deit = _backbone(config, use_mask_token=True, **options)
+        deit = _backbone(config, use_mask_token=True, dtype=dtype, **options)
         decoder = DeiTMaskedImageModelingDecoder(
             config.encoder_stride,
             config.num_channels,
             data_format=data_format,
             initializer_range=config.initializer_range,
+            dtype=dtype,
             name="decoder",
         )
 
@@ -779,12 +859,12 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         patch_tokens = encoded["last_hidden_state"][:, config.num_prefix_tokens:]
         reconstruction = decoder(patch_tokens, inputs["pixel_values"])
         outputs = _forward_extras(encoded, {"reconstruction": reconstruction})
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=requested_dtype, **kwargs)
 
         # === Config ===
-        self._set_options(config, dict(options, head_mask=deit.head_mask))
         self.deit = deit
         self.decoder = decoder
+        self._set_options(config, dict(options, head_mask=deit.head_mask))
 
     _primary_output = "reconstruction"
 

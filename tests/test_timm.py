@@ -184,7 +184,7 @@ def test_missing_block_tensor_is_reported(states):
     state = dict(states["deit_micro_patch16_64"])
     del state["blocks.1.mlp.fc2.bias"]
     config = timm.config_from_timm_state(state, num_attention_heads=3)
-    with pytest.raises(CheckpointError, match="encoder/layer_1/mlp/fc2_bias"):
+    with pytest.raises(CheckpointError, match="encoder/layer_1/mlp/fc2/bias"):
         assign_checkpoint(kd.DeiTForImageClassification(config), state)
 
 

@@ -279,7 +279,7 @@ def test_deit_adamw_excludes_norms_biases_and_tokens():
         decayed = max_abs_diff(variable, old) > 0
         assert decayed != excluded, (variable.path, excluded)
         assert is_excluded_from_weight_decay(variable) == excluded, variable.path
-    assert {"gamma", "beta", "qkv_bias", "fc1_bias", "ls1", "mask_token"} <= names
+    assert {"gamma", "beta", "kernel", "bias", "ls1", "mask_token"} <= names
 
 
 _DATA_PARALLEL_SCRIPT = r"""

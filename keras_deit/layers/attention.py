@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+from keras_deit import kernels
+from keras_deit.layers import projection
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
@@ -24,6 +27,10 @@ def default_attn_implementation():
 @keras.saving.register_keras_serializable(package="keras_deit")
 class DeiTAttention(keras.layers.Layer):
     """Multi-head self-attention: fused q/k/v projection, attention, output projection.
+
+    The projections are `keras.layers.Dense` sublayers: `qkv` (hidden -> 3 * hidden, the
+    fused query, key and value) and `proj` (the output), so quantization, LoRA and dtype
+    policies reach them.
 
     Two kernels compute the same function (as transformers' `attn_implementation`):
     - "sdpa": `keras.ops.dot_product_attention` (PyTorch SDPA, cuDNN / XLA fused attention);
@@ -98,28 +105,28 @@ class DeiTAttention(keras.layers.Layer):
         self.attention_dropout_layer = (
             keras.layers.Dropout(attention_dropout) if attention_dropout else None
         )
-        self.dropout_layer = keras.layers.Dropout(dropout) if dropout else None
+        self.dropout_layer = (
+            keras.layers.Dropout(dropout, dtype=self.dtype_policy) if dropout else None
+        )
+        # One fused projection: kernel columns [0:d] are the query, [d:2d] the key, [2d:3d]
+        # the value.
+        self.qkv = projection.projection(
+            3 * hidden_size, initializer_range, self.dtype_policy, "qkv", use_bias=qkv_bias
+        )
+        self.proj = projection.projection(
+            hidden_size, initializer_range, self.dtype_policy, "proj"
+        )
 
     def build(self, input_shape):
-        d = self.hidden_size
-        init = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
-        # Columns [0:d] are the query, [d:2d] the key, [2d:3d] the value projection.
-        self.qkv_kernel = self.add_weight(name="qkv_kernel", shape=(d, 3 * d), initializer=init)
-        self.qkv_bias_weight = (
-            self.add_weight(name="qkv_bias", shape=(3 * d,), initializer="zeros")
-            if self.qkv_bias
-            else None
-        )
-        self.output_kernel = self.add_weight(name="output_kernel", shape=(d, d), initializer=init)
-        self.output_bias = self.add_weight(name="output_bias", shape=(d,), initializer="zeros")
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape)
+
+    def load_own_variables(self, store):
+        # keras-deit 0.1.0 kept the four projection variables on this layer.
+        projection.load_legacy_variables(store, [self.qkv, self.proj], self)
 
     def call(self, hidden_states, return_attention_scores=False, training=None):
-        # ops.matmul, not `@`: on TensorFlow it contracts (batch, len, d) x (d, e) as one 2-D
-        # GEMM, where `@` becomes a broadcasting batch matmul, ~25% slower on deit-base.
-        # Reading `.value` skips a conversion that costs more than a small matmul on PyTorch.
-        qkv = ops.matmul(hidden_states, self.qkv_kernel.value)
-        if self.qkv_bias_weight is not None:
-            qkv = qkv + self.qkv_bias_weight.value
+        qkv = kernels.dense(self.qkv, hidden_states)
         batch, length = ops.shape(hidden_states)[:2]
         qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
 
@@ -140,7 +147,7 @@ class DeiTAttention(keras.layers.Layer):
         else:
             context, probs = self._eager_attention(qkv, training)
         context = ops.reshape(context, (batch, length, self.hidden_size))
-        output = ops.matmul(context, self.output_kernel.value) + self.output_bias.value
+        output = kernels.dense(self.proj, context)
         if self.dropout_layer is not None:
             output = self.dropout_layer(output, training=training)
         if return_attention_scores:

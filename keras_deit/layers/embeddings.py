@@ -147,9 +147,12 @@ class DeiTEmbeddings(keras.layers.Layer):
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.patch_embeddings = DeiTPatchEmbeddings(
-            hidden_size, patch_size, num_channels, initializer_range, name="patch_embeddings"
+            hidden_size, patch_size, num_channels, initializer_range, dtype=self.dtype_policy,
+            name="patch_embeddings",
         )
-        self.dropout_layer = keras.layers.Dropout(dropout) if dropout else None
+        self.dropout_layer = (
+            keras.layers.Dropout(dropout, dtype=self.dtype_policy) if dropout else None
+        )
         (h, w), (ph, pw) = _pair(image_size), _pair(patch_size)
         self.grid_size = (h // ph, w // pw)
         self.num_prefix_tokens = 2 if use_distillation_token else 1

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_deit import kernels
+from keras_deit.layers import projection
 from keras_deit.layers.activations import get_activation
 from keras_deit.layers.attention import DeiTAttention
 
@@ -10,6 +12,8 @@ from keras_deit.layers.attention import DeiTAttention
 @keras.saving.register_keras_serializable(package="keras_deit")
 class DeiTMLP(keras.layers.Layer):
     """Two-layer feed-forward network: Dense(intermediate) -> activation -> Dense(hidden).
+
+    The two projections are `keras.layers.Dense` sublayers `fc1` and `fc2`.
 
     Args:
         hidden_size: int, input and output width.
@@ -34,20 +38,25 @@ class DeiTMLP(keras.layers.Layer):
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.activation = get_activation(hidden_act)
-        self.dropout_layer = keras.layers.Dropout(dropout) if dropout else None
+        self.dropout_layer = (
+            keras.layers.Dropout(dropout, dtype=self.dtype_policy) if dropout else None
+        )
+        self.fc1 = projection.projection(
+            intermediate_size, initializer_range, self.dtype_policy, "fc1"
+        )
+        self.fc2 = projection.projection(hidden_size, initializer_range, self.dtype_policy, "fc2")
 
     def build(self, input_shape):
-        init = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
-        d, i = self.hidden_size, self.intermediate_size
-        self.fc1_kernel = self.add_weight(name="fc1_kernel", shape=(d, i), initializer=init)
-        self.fc1_bias = self.add_weight(name="fc1_bias", shape=(i,), initializer="zeros")
-        self.fc2_kernel = self.add_weight(name="fc2_kernel", shape=(i, d), initializer=init)
-        self.fc2_bias = self.add_weight(name="fc2_bias", shape=(d,), initializer="zeros")
+        self.fc1.build(input_shape)
+        self.fc2.build((*input_shape[:-1], self.intermediate_size))
+
+    def load_own_variables(self, store):
+        # keras-deit 0.1.0 kept the four projection variables on this layer.
+        projection.load_legacy_variables(store, [self.fc1, self.fc2], self)
 
     def call(self, hidden_states, training=None):
-        # ops.matmul on `.value`, as in DeiTAttention.
-        x = self.activation(ops.matmul(hidden_states, self.fc1_kernel.value) + self.fc1_bias.value)
-        x = ops.matmul(x, self.fc2_kernel.value) + self.fc2_bias.value
+        x = self.activation(kernels.dense(self.fc1, hidden_states))
+        x = kernels.dense(self.fc2, x)
         if self.dropout_layer is not None:
             x = self.dropout_layer(x, training=training)
         return x
@@ -130,7 +139,7 @@ class DeiTLayer(keras.layers.Layer):
         self.attn_implementation = attn_implementation
 
         self.layernorm_before = keras.layers.LayerNormalization(
-            epsilon=layer_norm_eps, name="layernorm_before"
+            epsilon=layer_norm_eps, dtype=self.dtype_policy, name="layernorm_before"
         )
         self.attention = DeiTAttention(
             hidden_size,
@@ -141,10 +150,11 @@ class DeiTLayer(keras.layers.Layer):
             head_mask=head_mask,
             initializer_range=initializer_range,
             attn_implementation=attn_implementation,
+            dtype=self.dtype_policy,
             name="attention",
         )
         self.layernorm_after = keras.layers.LayerNormalization(
-            epsilon=layer_norm_eps, name="layernorm_after"
+            epsilon=layer_norm_eps, dtype=self.dtype_policy, name="layernorm_after"
         )
         self.mlp = DeiTMLP(
             hidden_size,
@@ -152,6 +162,7 @@ class DeiTLayer(keras.layers.Layer):
             hidden_act,
             dropout=hidden_dropout,
             initializer_range=initializer_range,
+            dtype=self.dtype_policy,
             name="mlp",
         )
         self.seed_generator = keras.random.SeedGenerator() if drop_path_rate else None
@@ -293,6 +304,7 @@ class DeiTEncoder(keras.layers.Layer):
                 head_mask=self.head_mask[i] if self.head_mask else None,
                 initializer_range=initializer_range,
                 attn_implementation=attn_implementation,
+                dtype=self.dtype_policy,
                 name=f"layer_{i}",
             )
             for i in range(num_layers)

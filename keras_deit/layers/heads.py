@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_deit import kernels
+from keras_deit.layers import projection
 from keras_deit.layers.activations import get_activation
 
 
@@ -28,11 +30,8 @@ class DeiTPooler(keras.layers.Layer):
         self.activation = activation
         self.initializer_range = initializer_range
         self.activation_fn = get_activation(activation)
-        self.dense = keras.layers.Dense(
-            output_size,
-            kernel_initializer=keras.initializers.TruncatedNormal(stddev=initializer_range),
-            name="dense",
-        )
+        self.dense = projection.projection(output_size, initializer_range, self.dtype_policy,
+                                           "dense")
 
     def build(self, input_shape):
         self.dense.build((input_shape[0], input_shape[-1]))
@@ -70,6 +69,9 @@ def pixel_shuffle(x, factor, num_channels):
 class DeiTMaskedImageModelingDecoder(keras.layers.Layer):
     """SimMIM decoder: 1x1 convolution to `encoder_stride**2 * num_channels`, pixel shuffle.
 
+    The 1x1 convolution is the same dense map on every patch token, so it is a
+    `keras.layers.Dense` sublayer `dense` (quantizable, LoRA-ready like the encoder's).
+
     Args:
         encoder_stride: int, the upsampling factor (the patch size, to rebuild the full image).
         num_channels: int, channels of the reconstructed image.
@@ -94,22 +96,22 @@ class DeiTMaskedImageModelingDecoder(keras.layers.Layer):
         self.num_channels = num_channels
         self.data_format = data_format
         self.initializer_range = initializer_range
+        self.dense = projection.projection(
+            encoder_stride**2 * num_channels, initializer_range, self.dtype_policy, "dense"
+        )
 
     def build(self, patch_tokens_shape, pixel_values_shape=None):
-        out = self.encoder_stride**2 * self.num_channels
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(patch_tokens_shape[-1], out),
-            initializer=keras.initializers.TruncatedNormal(stddev=self.initializer_range),
-        )
-        self.bias = self.add_weight(name="bias", shape=(out,), initializer="zeros")
+        self.dense.build(patch_tokens_shape)
+
+    def load_own_variables(self, store):
+        # keras-deit 0.1.0 kept the kernel and bias on this layer.
+        projection.load_legacy_variables(store, [self.dense], self)
 
     def call(self, patch_tokens, pixel_values):
         batch = ops.shape(patch_tokens)[0]
         height, width = self._spatial(ops.shape(pixel_values))
         rows, cols = height // self.encoder_stride, width // self.encoder_stride
-        # A 1x1 convolution is the same dense map applied to every patch token.
-        x = ops.matmul(patch_tokens, self.kernel) + self.bias
+        x = kernels.dense(self.dense, patch_tokens)
         x = ops.reshape(x, (batch, rows, cols, x.shape[-1]))
         x = pixel_shuffle(x, self.encoder_stride, self.num_channels)
         if self.data_format == "channels_first":
