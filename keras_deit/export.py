@@ -259,6 +259,7 @@ def export_models(model, requests, *, preprocessing=None, input_size=None, overw
     jobs = []
     for output, format, quantize in requests:
         format, quantize = _check_format(format, quantize)
+        _check_keras_quantization(model, format, quantize)
         output = os.fspath(output)
         _check_output(output, overwrite)
         require(format)
@@ -378,6 +379,30 @@ def _check_format(format, quantize):
         raise ValueError(f"quantization applies to TFLite files only: drop --quantize, or use "
                          f"--format tflite. Received: format={format!r}, quantize={quantize!r}")
     return format, quantize
+
+
+# Formats that carry a model quantized by Keras (`model.quantize(mode)`), as measured by
+# benchmarks/quantization.py: the TFLite converter rejects int8 activations feeding
+# fully-connected ops and has no float8 type; torch's ONNX export of Keras' int8 / float8
+# kernels differs from Keras by 2e-2 to 7e-2, and ONNX Runtime cannot load its int4 file.
+_KERAS_QUANTIZED_FORMATS = {"int8": ("saved_model",), "float8": ("saved_model",),
+                            "int4": ("saved_model", "tflite")}
+
+
+def _check_keras_quantization(model, format, quantize):
+    """Refuses, before any work, a format that cannot hold this Keras-quantized model."""
+    modes = sorted({layer.quantization_mode for layer in model._flatten_layers()
+                    if layer.quantization_mode is not None})
+    if not modes:
+        return
+    allowed = set.intersection(*(set(_KERAS_QUANTIZED_FORMATS.get(m, ())) for m in modes))
+    if format not in allowed or quantize is not None:
+        raise ValueError(
+            f"a model quantized by Keras ({', '.join(modes)}) exports to "
+            f"{', '.join(sorted(allowed)) or 'no format'} only, without --quantize; for a small "
+            "TFLite or ONNX file, export the float model (TFLite's own quantize='int8' or "
+            f"'float16'). Received: format={format!r}, quantize={quantize!r}"
+        )
 
 
 def _check_output(output, overwrite):

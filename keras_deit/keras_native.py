@@ -8,6 +8,7 @@ The models call these functions from thin methods (`quantize`, `enable_lora`, `m
 import re
 
 import keras
+import numpy as np
 
 QUANTIZATION_MODES = ("int8", "int4", "float8")
 # Modes Keras has that need calibration data and a block structure: not offered by `quantize`.
@@ -183,7 +184,10 @@ def merge_lora(model):
         # merge into their own scales.
         store = {}
         src.save_own_variables(store)
-        dst.load_own_variables(store)
+        # Copies: the store holds the source's own arrays, which JAX may donate (delete) in
+        # the source's next training step.
+        dst.load_own_variables({key: np.array(keras.ops.convert_to_numpy(value))
+                                for key, value in store.items()})
     merged.trainable = model.trainable
     return merged
 

@@ -227,8 +227,9 @@ def test_unknown_keyword_arguments_and_dtypes_are_named(config):
 
 # ---- layouts -----------------------------------------------------------------------------------
 def test_layout_map_names_the_projection_paths(config):
-    mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"),
-                                         keras.distribution.list_devices()[:1])
+    # Named devices: the map is plain data, built on every backend (PyTorch has no
+    # keras.distribution runtime to list devices).
+    mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), ["cpu:0"])
     layout_map = kd.DeiTModel.get_layout_map(mesh)
     model_paths = {v.path for v in kd.DeiTForImageClassification(config).weights}
     sharded = {path for path in model_paths if layout_map[path] is not None}
@@ -321,3 +322,19 @@ def test_a_legacy_file_of_another_architecture_is_named(tmp_path):
     owner = keras.layers.Identity(name="attention")
     with pytest.raises(ValueError, match="'attention' expected 2 variables.*received 3"):
         projection.load_legacy_variables({"0": 0, "1": 1, "2": 2}, [dense], owner)
+
+
+# ---- export of a quantized model ---------------------------------------------------------------
+def test_an_int8_model_exports_to_saved_model_and_other_formats_are_refused(config, tmp_path):
+    pytest.importorskip("tensorflow")
+    from keras_deit import export
+
+    model = kd.DeiTForImageClassificationWithTeacher(config)
+    model.quantize("int8")
+    result = export.export_model(model, tmp_path / "int8_saved_model", "saved_model")
+    assert result.verification.passed  # the quantized graph, as Keras runs it
+    for fmt in ("tflite", "onnx"):
+        with pytest.raises(ValueError, match=r"quantized by Keras \(int8\) exports to "
+                                             r"saved_model only"):
+            export.export_model(model, tmp_path / f"int8.{fmt}", fmt)
+    assert sorted(os.listdir(tmp_path)) == ["int8_saved_model"]
