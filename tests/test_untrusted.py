@@ -1,0 +1,216 @@
+"""Checkpoints and configs from strangers: every lie is refused with its own one-line error.
+
+Each case is made in the test from the small fixtures in tests/data (a truncation, a header
+edit, a dtype or shape lie, a config lie) and asserts the error class and what the message
+names. Nothing here needs the network.
+"""
+
+import json
+import os
+import random
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+import keras_deit as kd
+from conftest import HF, TIMM
+from conversion.readers import (
+    CheckpointError, CorruptCheckpointError, read_checkpoint, read_safetensors,
+    read_safetensors_header,
+)
+
+WITH_TEACHER = os.path.join(HF, "with_teacher")
+SAFETENSORS = os.path.join(WITH_TEACHER, "model.safetensors")
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _split(path=SAFETENSORS):
+    """(header dict, data bytes) of a safetensors file."""
+    raw = open(path, "rb").read()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + length]), raw[8 + length:]
+
+
+def _join(header, data, header_bytes=None):
+    """A safetensors file's bytes from a header (dict, or raw bytes) and its data."""
+    if header_bytes is None:
+        header_bytes = json.dumps(header).encode()
+    return struct.pack("<Q", len(header_bytes)) + header_bytes + data
+
+
+def _write(tmp_path, content, name="model.safetensors"):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def _first_two(header):
+    """The names of the first two tensors in data order."""
+    names = sorted((n for n in header if n != "__metadata__"),
+                   key=lambda n: header[n]["data_offsets"][0])
+    return names[0], names[1]
+
+
+def _one_line(error):
+    message = str(error)
+    assert "\n" not in message, message
+    return message
+
+
+# ---- safetensors: header structure ----------------------------------------------------------
+def _edited(edit):
+    header, data = _split()
+    result = edit(header, data)
+    return result if isinstance(result, bytes) else _join(header, data)
+
+
+def _set(name_index, field, value):
+    def edit(header, data):
+        name = _first_two(header)[name_index]
+        header[name][field] = value
+    return edit
+
+
+def _drop(field):
+    def edit(header, data):
+        del header[_first_two(header)[0]][field]
+    return edit
+
+
+def _overlap(header, data):
+    first, second = _first_two(header)
+    header[second]["data_offsets"] = list(header[first]["data_offsets"])
+    header[second]["shape"] = header[first]["shape"]
+    header[second]["dtype"] = header[first]["dtype"]
+
+
+def _swap_offsets(header, data):
+    """Offsets out of order and overlapping by one element: each range shifted by 4 bytes."""
+    first, _ = _first_two(header)
+    begin, end = header[first]["data_offsets"]
+    header[first]["data_offsets"] = [begin + 4, end + 4]
+
+
+def _gap(header, data):
+    for spec in header.values():
+        if isinstance(spec, dict) and "data_offsets" in spec:
+            spec["data_offsets"] = [o + 4 for o in spec["data_offsets"]]
+    return _join(header, b"\0" * 4 + data)
+
+
+def _duplicate_key(header, data):
+    first, _ = _first_two(header)
+    text = json.dumps(header)
+    entry = json.dumps({first: header[first]})[1:-1]
+    return _join(None, data, (text[:-1] + ", " + entry + "}").encode())
+
+
+def _utf16(header, data):
+    return _join(None, data, json.dumps(header).encode("utf-16"))
+
+
+def _dtype_lie(dtype):
+    def edit(header, data):
+        header[_first_two(header)[0]]["dtype"] = dtype
+    return edit
+
+
+HEADER_CASES = {
+    # name: (edit, words the message must contain)
+    "not an object (list)": (lambda h, d: _join(None, d, b"[]"), "a JSON list, not an object"),
+    "not an object (string)": (lambda h, d: _join(None, d, b'"hello"'), "a JSON str"),
+    "spec is a number": (lambda h, d: h.__setitem__(_first_two(h)[0], 7), "a JSON int"),
+    "no data_offsets": (_drop("data_offsets"), "has no data_offsets"),
+    "no dtype": (_drop("dtype"), "has no dtype"),
+    "string offsets": (_set(0, "data_offsets", ["0", "4"]), "data_offsets ['0', '4']"),
+    "one offset": (_set(0, "data_offsets", [0]), "are not two ints"),
+    "reversed offsets": (_set(0, "data_offsets", [8, 0]), "are not two ints"),
+    "float shape": (_set(0, "shape", [1.0, 48.0]), "shape [1.0, 48.0] is not a list"),
+    "negative shape": (_set(0, "shape", [-1]), "shape [-1]"),
+    "bool shape": (_set(0, "shape", [True]), "shape [True]"),
+    "unknown dtype": (_dtype_lie("F8"), "unsupported dtype 'F8'"),
+    "F16 on F32 bytes": (_dtype_lie("F16"), "F16 of shape"),
+    "I64 on F32 bytes": (_dtype_lie("I64"), "I64 of shape"),
+    "overlapping tensors": (_overlap, "overlaps the tensor before it"),
+    "shifted offsets": (_swap_offsets, "tensor"),
+    "gap between tensors": (_gap, "leaves a gap of 4 bytes"),
+    "duplicate key": (_duplicate_key, "appears twice"),
+    "UTF-16 header": (_utf16, "not UTF-8"),
+    "not JSON": (lambda h, d: _join(None, d, b"{not json}"), "not JSON"),
+    "trailing bytes": (lambda h, d: _join(h, d + b"\0" * 16), "16 trailing bytes"),
+    "metadata not an object": (lambda h, d: h.__setitem__("__metadata__", [1]),
+                               "`__metadata__` is not an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_CASES))
+def test_safetensors_header_lies_are_refused(case, tmp_path):
+    edit, words = HEADER_CASES[case]
+    path = _write(tmp_path, _edited(edit))
+    with pytest.raises(CorruptCheckpointError) as info:
+        read_safetensors(path)
+    message = _one_line(info.value)
+    assert path in message and words in message and "download it again" in message
+    # The header check alone refuses it: no tensor data is read for a lying header.
+    with pytest.raises(CorruptCheckpointError):
+        read_safetensors_header(path)
+
+
+def test_safetensors_tensor_lies_name_the_tensor(tmp_path):
+    header, data = _split()
+    first, _ = _first_two(header)
+    header[first]["dtype"] = "F16"
+    with pytest.raises(CorruptCheckpointError, match=f"tensor '{first}'"):
+        read_safetensors(_write(tmp_path, _join(header, data)))
+
+
+@pytest.mark.parametrize("keep", [0, 5, 8, 9, 100, -1, -4])
+def test_safetensors_truncations(keep, tmp_path):
+    raw = open(SAFETENSORS, "rb").read()
+    path = _write(tmp_path, raw[:keep] if keep >= 0 else raw[:keep])
+    with pytest.raises(CorruptCheckpointError) as info:
+        read_checkpoint(path)
+    message = _one_line(info.value)
+    assert "truncated" in message and path in message
+
+
+def test_huge_header_length_is_refused_without_reading_it(tmp_path):
+    path = _write(tmp_path, struct.pack("<Q", 1 << 62) + b"{}")
+    with pytest.raises(CorruptCheckpointError, match="its header claims"):
+        read_safetensors(path)
+
+
+def test_valid_files_still_read(tmp_path):
+    # Metadata, zero-size tensors and header padding are part of the format.
+    header, data = _split()
+    header["__metadata__"] = {"format": "pt"}
+    header["empty"] = {"dtype": "F32", "shape": [0, 3], "data_offsets": [len(data), len(data)]}
+    raw = json.dumps(header).encode() + b"    "
+    tensors = read_safetensors(_write(tmp_path, _join(None, data, raw)))
+    assert tensors["empty"].shape == (0, 3)
+    reference = read_safetensors(SAFETENSORS)
+    assert all(np.array_equal(reference[n], tensors[n]) for n in reference)
+
+
+def test_random_header_flips_only_give_the_documented_error(tmp_path):
+    """Seeded random byte flips in the header: each file reads or gives CorruptCheckpointError,
+    never another exception."""
+    raw = bytearray(open(SAFETENSORS, "rb").read())
+    (length,) = struct.unpack("<Q", raw[:8])
+    rng = random.Random(13)
+    outcomes = {"read": 0, "refused": 0}
+    for trial in range(300):
+        flipped = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            flipped[rng.randrange(0, 8 + length)] = rng.randrange(256)
+        path = _write(tmp_path, bytes(flipped), f"flip{trial}.safetensors")
+        try:
+            read_safetensors(path)
+            outcomes["read"] += 1
+        except CorruptCheckpointError as e:
+            _one_line(e)
+            outcomes["refused"] += 1
+        os.remove(path)
+    assert outcomes["refused"] > 100  # most flips break something, and each is named
