@@ -10,14 +10,15 @@ failed load never leaves a half-filled model behind.
 """
 
 import dataclasses
-import json
 import os
 import warnings
 
 import numpy as np
 
 from conversion import hf, sources, timm
-from conversion.readers import CheckpointError, read_checkpoint
+from conversion.readers import CheckpointError, read_checkpoint, read_safetensors_header
+from conversion.shapes import check_hf_config
+from keras_deit.config import read_json_object
 
 # Weight files of an HF folder, in the order transformers prefers them.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5")
@@ -248,10 +249,18 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
 
     folder = resolved.path if resolved.is_folder else None
     path = find_weights_file(folder, weights_file) if folder else resolved.path
-    tensors = read_checkpoint(path)
+    # A safetensors header gives every name and shape without the data, so a config that
+    # does not fit is refused before anything is read or built; other formats are read whole.
+    if path.endswith(".safetensors"):
+        tensors = None
+        shapes = {name: spec.shape for name, spec in read_safetensors_header(path)[0].items()}
+    else:
+        tensors = read_checkpoint(path)
+        shapes = {name: np.shape(value) for name, value in tensors.items()}
     meta = _folder_config(folder) if folder else None
 
-    if timm.is_timm_state(tensors):
+    if timm.is_timm_state(shapes):
+        tensors = read_checkpoint(path) if tensors is None else tensors
         # A timm hub folder's config.json names its timm architecture: a preset, if it is one.
         arch = (meta or {}).get("architecture")
         expected = config or preset_config or (
@@ -261,6 +270,7 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
         model_class = timm.model_class_name(config)
         fmt = "timm"
     else:
+        config_path = None
         if config is None:
             config_path = _hf_config_path(folder, path)
             if config_path is None:
@@ -277,6 +287,8 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
                     f"{path!r} does not have the architecture of preset {resolved.preset!r}:\n  - "
                     + "\n  - ".join(differences)
                 )
+        check_hf_config(config, shapes, path, config_path)
+        tensors = read_checkpoint(path) if tensors is None else tensors
         model_class = model_class_for(config).__name__
         fmt = "hf"
     return Checkpoint(tensors=tensors, config=config, format=fmt, path=path, folder=folder,
@@ -284,15 +296,9 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
 
 
 def _folder_config(folder):
-    """The folder's config.json as a dict, or None."""
+    """The folder's config.json as a dict, or None when it has none."""
     path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path!r} is not readable JSON ({e}): download it again.") from None
+    return read_json_object(path, "config file") if os.path.isfile(path) else None
 
 
 def _hf_config_path(folder, weights_path):

@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 import PIL.Image
 
+from keras_deit.config import read_json_object
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
@@ -295,14 +297,6 @@ def _as_image_list(images):
             )
         items[i] = np.asarray(item)
     return items
-
-
-def _read_json_object(path):
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}.")
-    return config
 
 
 class BatchFeature(dict):
@@ -623,7 +617,7 @@ class DeiTImageProcessor:
     @classmethod
     def from_json_file(cls, path):
         """Builds a processor from a `preprocessor_config.json` file."""
-        return cls.from_dict(_read_json_object(path))
+        return cls.from_dict(read_json_object(path, "preprocessor config"))
 
     def to_json_string(self):
         """`to_dict()` as indented JSON with sorted keys (transformers' layout)."""
@@ -659,7 +653,7 @@ class DeiTImageProcessor:
                 f"from_pretrained got {source!r}, which is neither a local folder nor a "
                 f"JSON file (Hugging Face Hub ids and presets are not supported here)."
             )
-        return cls.from_dict(_read_json_object(path), **kwargs)
+        return cls.from_dict(read_json_object(path, "preprocessor config"), **kwargs)
 
     def __repr__(self):
         return f"{type(self).__name__} {self.to_json_string()}"

@@ -214,3 +214,97 @@ def test_random_header_flips_only_give_the_documented_error(tmp_path):
             outcomes["refused"] += 1
         os.remove(path)
     assert outcomes["refused"] > 100  # most flips break something, and each is named
+
+
+# ---- config.json lies ----------------------------------------------------------------------
+def _folder_with_config(tmp_path, edit):
+    """A copy of the distilled fixture folder whose config.json is `edit(config)` (or raw text
+    when `edit` returns a string)."""
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    shutil.copy(SAFETENSORS, folder)
+    config = json.load(open(os.path.join(WITH_TEACHER, "config.json")))
+    result = edit(config)
+    text = result if isinstance(result, str) else json.dumps(config if result is None else result)
+    (folder / "config.json").write_text(text)
+    return str(folder)
+
+
+def _field(name, value):
+    return lambda c: c.__setitem__(name, value)
+
+
+CONFIG_LIES = {
+    # name: (edit, error class, words the message must contain)
+    "null": (lambda c: "null", kd.ConfigError, "must hold a JSON object, got NoneType"),
+    "a list": (lambda c: [c], kd.ConfigError, "must hold a JSON object, got list"),
+    "truncated": (lambda c: json.dumps(c)[:40], kd.ConfigError, "not valid JSON"),
+    "id2label list": (_field("id2label", ["a", "b"]), kd.ConfigError, "`id2label` must be an object"),
+    "id2label bad key": (_field("id2label", {"x": "a"}), kd.ConfigError, "Received: 'x': 'a'"),
+    "id2label gap": (_field("id2label", {"0": "a", "5": "b"}), kd.ConfigError, "without gaps"),
+    "label2id bad value": (_field("label2id", {f"LABEL_{i}": i if i else "zero" for i in range(5)}),
+                           kd.ConfigError, "`label2id` must map label names to class ids"),
+    "layer_norm_eps true": (_field("layer_norm_eps", True), kd.ConfigError,
+                            "`layer_norm_eps` must be a positive number"),
+    "qkv_bias string": (_field("qkv_bias", "false"), kd.ConfigError,
+                        "`qkv_bias` must be true or false. Received: qkv_bias='false'"),
+    "distillation string": (_field("use_distillation_token", "no"), kd.ConfigError,
+                            "`use_distillation_token` must be true or false"),
+    "hidden_size float": (_field("hidden_size", 48.0), kd.ConfigError,
+                          "`hidden_size` must be a positive int"),
+    "hidden_size string": (_field("hidden_size", "48"), kd.ConfigError, "hidden_size='48'"),
+    "intermediate_size 1e10": (_field("intermediate_size", 1e10), kd.ConfigError,
+                               "`intermediate_size` must be a positive int"),
+    "activation list": (_field("hidden_act", ["gelu"]), kd.ConfigError, "Unknown activation"),
+    "patch float": (_field("patch_size", 8.0), kd.ConfigError, "`patch_size` must be a positive int"),
+    # Well-typed lies: refused from the checkpoint's shapes before anything is built.
+    "hidden_size 3000000": (_field("hidden_size", 3_000_000), CheckpointError,
+                            "hidden_size (embeddings.cls_token): config (1, 1, 3000000)"),
+    "intermediate_size huge": (_field("intermediate_size", 10 ** 10), CheckpointError,
+                               "intermediate_size, hidden_size"),
+    "400 layers": (_field("num_hidden_layers", 400), CheckpointError,
+                   "num_hidden_layers: config 400, checkpoint 2"),
+    "image_size": (_field("image_size", 320), CheckpointError, "position embeddings"),
+    "patch_size": (_field("patch_size", 4), CheckpointError, "patch_size"),
+    "num_labels": (lambda c: c.pop("label2id") and c.__setitem__(
+        "id2label", {str(i): str(i) for i in range(10 ** 5)}), CheckpointError,
+        "num_labels / id2label (cls_classifier.weight): config 100000, checkpoint 5"),
+    "encoder_stride": (_field("encoder_stride", 10 ** 5), None, None),  # no decoder: unused
+    "qkv_bias false": (_field("qkv_bias", False), CheckpointError,
+                       "qkv_bias: config False, checkpoint True"),
+    "vit layout": (_field("model_type", "vit"), CheckpointError, "use_distillation_token"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_LIES))
+def test_config_lies_are_refused_naming_file_and_field(case, tmp_path):
+    edit, error, words = CONFIG_LIES[case]
+    folder = _folder_with_config(tmp_path, edit)
+    if error is None:  # a field the checkpoint does not constrain loads as it says
+        kd.DeiTPreTrainedModel.from_pretrained(folder)
+        return
+    with pytest.raises(error) as info:
+        kd.DeiTPreTrainedModel.from_pretrained(folder)
+    message = _one_line(info.value)
+    assert words in message and os.path.join(folder, "") in message
+
+
+def test_a_config_asking_for_a_huge_model_is_refused_before_any_variable(tmp_path, monkeypatch):
+    """No Keras variable may be created: the refusal comes from the safetensors header."""
+    import keras
+    from keras.src.backend.common import variables
+
+    created = []
+    original = variables.Variable.__init__
+
+    def counting(self, *args, **kwargs):
+        created.append(kwargs.get("name"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(variables.Variable, "__init__", counting)
+    folder = _folder_with_config(tmp_path, _field("hidden_size", 3_000_000 * 3))
+    with pytest.raises(CheckpointError, match="refused before building the model"):
+        kd.DeiTPreTrainedModel.from_pretrained(folder)
+    assert created == []
+    keras.Variable(np.zeros(2))  # the counter does see variables
+    assert len(created) == 1
