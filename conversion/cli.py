@@ -91,10 +91,15 @@ def _convert(args):
     from conversion.loading import build_model, open_checkpoint
 
     show = not args.quiet
-    checkpoint = open_checkpoint(
-        args.source, num_attention_heads=args.num_heads, preset_source=args.preset_source,
-        cache_dir=args.cache_dir, progress=show,
-    )
+    with warnings.catch_warnings():
+        # A guessed head count is printed below as one line, --quiet or not.
+        warnings.simplefilter("ignore")
+        checkpoint = open_checkpoint(
+            args.source, num_attention_heads=args.num_heads, preset_source=args.preset_source,
+            cache_dir=args.cache_dir, progress=show,
+        )
+    for note in checkpoint.notes:
+        print(f"warning: {note}", file=sys.stderr)
     cls = None if args.model_class == "auto" else MODEL_CLASSES[args.model_class]
     with warnings.catch_warnings():
         # Fresh variables are listed in the summary instead.
@@ -181,4 +186,5 @@ def summary(model, checkpoint):
         lines.append(f"not used:           {', '.join(info.dropped)}")
     if info.fresh:
         lines.append(f"freshly initialized: {', '.join(info.fresh)}")
+    lines.extend(f"note:               {note}" for note in info.notes)
     return "\n".join(lines)

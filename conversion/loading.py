@@ -45,6 +45,7 @@ class LoadingInfo:
         source: the file the weights came from.
         format: the checkpoint's naming, "hf" (transformers) or "timm" (timm / original .pth).
         preset: the preset the source was named by or belongs to, if any.
+        notes: what was inferred rather than read (a guessed head count), as sentences.
     """
 
     fresh: list
@@ -52,6 +53,7 @@ class LoadingInfo:
     source: str
     format: str = "hf"
     preset: str = None
+    notes: list = dataclasses.field(default_factory=list)
 
 
 def find_weights_file(folder, weights_file=None):
@@ -206,6 +208,7 @@ class Checkpoint:
         folder: the HF / timm hub folder it came from, or None for a lone file.
         preset: the preset it was named by or belongs to, if any.
         model_class: the name of our class the checkpoint is for (auto-selection).
+        notes: what was inferred rather than read (see `LoadingInfo.notes`).
     """
 
     tensors: dict
@@ -215,6 +218,7 @@ class Checkpoint:
     folder: str = None
     preset: str = None
     model_class: str = "DeiTModel"
+    notes: list = dataclasses.field(default_factory=list)
 
 
 def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=None,
@@ -266,7 +270,8 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
         expected = config or preset_config or (
             presets.preset_config(arch) if presets.is_preset(arch) else None
         )
-        config = timm.config_from_timm_state(tensors, num_attention_heads, expected)
+        notes = []
+        config = timm.config_from_timm_state(tensors, num_attention_heads, expected, notes)
         model_class = timm.model_class_name(config)
         fmt = "timm"
     else:
@@ -291,8 +296,9 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
         tensors = read_checkpoint(path) if tensors is None else tensors
         model_class = model_class_for(config).__name__
         fmt = "hf"
+        notes = []
     return Checkpoint(tensors=tensors, config=config, format=fmt, path=path, folder=folder,
-                      preset=resolved.preset, model_class=model_class)
+                      preset=resolved.preset, model_class=model_class, notes=notes)
 
 
 def _folder_config(folder):
@@ -388,6 +394,7 @@ def _fill(model, checkpoint, strict, progress):
     if bar:
         bar.close()
     info.preset = checkpoint.preset
+    info.notes = list(checkpoint.notes)
     if info.fresh:
         warnings.warn(
             f"{type(model).__name__}: these variables were not in {checkpoint.path!r} (or had "

@@ -308,3 +308,27 @@ def test_a_config_asking_for_a_huge_model_is_refused_before_any_variable(tmp_pat
     assert created == []
     keras.Variable(np.zeros(2))  # the counter does see variables
     assert len(created) == 1
+
+
+# ---- .pth head count ----------------------------------------------------------------------
+def test_a_guessed_head_count_is_warned_and_kept_in_loading_info():
+    """Hidden 64 over 3 blocks matches no preset: 1 head (64 wide) is a guess (the fixture has
+    4), and `--verify` cannot catch it, so it must be said."""
+    pytest.importorskip("torch")
+    path = os.path.join(TIMM, "deit_micro_distilled_patch8_48.pth")
+    with pytest.warns(UserWarning, match="head count is a guess"):
+        model = kd.DeiTPreTrainedModel.from_pretrained(path)
+    assert model.config.num_attention_heads == 1
+    assert any("num_attention_heads=N" in note for note in model.loading_info.notes)
+    model = kd.DeiTPreTrainedModel.from_pretrained(path, num_attention_heads=4)
+    assert model.loading_info.notes == []
+
+
+def test_convert_prints_the_guess(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from conversion.cli import main
+
+    path = os.path.join(TIMM, "deit_micro_distilled_patch8_48.pth")
+    assert main([path, str(tmp_path / "m.weights.h5"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the head count is a guess: 1 heads" in err and err.count("\n") == 1
