@@ -9,6 +9,7 @@ Nothing is assigned until every check has passed, and the model is only returned
 failed load never leaves a half-filled model behind.
 """
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -16,7 +17,9 @@ import warnings
 import numpy as np
 
 from conversion import hf, sources, timm
-from conversion.readers import CheckpointError, read_checkpoint, read_safetensors_header
+from conversion.readers import (
+    CheckpointError, CorruptCheckpointError, read_checkpoint, read_safetensors_header,
+)
 from conversion.shapes import check_hf_config
 from keras_deit.config import read_json_object
 
@@ -257,14 +260,15 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
     # does not fit is refused before anything is read or built; other formats are read whole.
     if path.endswith(".safetensors"):
         tensors = None
-        shapes = {name: spec.shape for name, spec in read_safetensors_header(path)[0].items()}
+        header = _read(read_safetensors_header, path, resolved)[0]
+        shapes = {name: spec.shape for name, spec in header.items()}
     else:
-        tensors = read_checkpoint(path)
+        tensors = _read(read_checkpoint, path, resolved)
         shapes = {name: np.shape(value) for name, value in tensors.items()}
     meta = _folder_config(folder) if folder else None
 
     if timm.is_timm_state(shapes):
-        tensors = read_checkpoint(path) if tensors is None else tensors
+        tensors = _read(read_checkpoint, path, resolved) if tensors is None else tensors
         # A timm hub folder's config.json names its timm architecture: a preset, if it is one.
         arch = (meta or {}).get("architecture")
         expected = config or preset_config or (
@@ -293,12 +297,29 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
                     + "\n  - ".join(differences)
                 )
         check_hf_config(config, shapes, path, config_path)
-        tensors = read_checkpoint(path) if tensors is None else tensors
+        tensors = _read(read_checkpoint, path, resolved) if tensors is None else tensors
         model_class = model_class_for(config).__name__
         fmt = "hf"
         notes = []
     return Checkpoint(tensors=tensors, config=config, format=fmt, path=path, folder=folder,
                       preset=resolved.preset, model_class=model_class, notes=notes)
+
+
+def _read(reader, path, resolved):
+    """`reader(path)`. A corrupt file that came from a download is removed from the cache, so
+    the next run fetches it again instead of failing on the same bytes (a server that sends
+    neither a length nor a hash cannot be caught mid-download)."""
+    try:
+        return reader(path)
+    except CorruptCheckpointError as e:
+        if resolved.origin is None or not sources.is_url(resolved.origin):
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise CorruptCheckpointError(
+            f"{e} It was the cached download of {resolved.origin}, now removed: run again to "
+            "download it afresh."
+        ) from None
 
 
 def _folder_config(folder):
