@@ -8,9 +8,9 @@ written), 2 any other error, reported on one line without a traceback.
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 
+from conversion import atomic
 from conversion.readers import CheckpointError
 from keras_deit.models import MODEL_CLASSES
 
@@ -49,6 +49,8 @@ def build_parser(prog="python -m conversion"):
                              "transformers) on a random input before writing")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest max-abs difference --verify accepts (default 1e-4)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUTPUT if it exists (default: refuse)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     return parser
 
@@ -85,6 +87,12 @@ def _check_args(args):
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise _UsageError(f"the folder of OUTPUT does not exist: {folder}")
+    # Checked before the checkpoint is read, so a refusal costs nothing.
+    if os.path.isdir(args.output):
+        raise _UsageError(f"OUTPUT {args.output} is a folder: name a file")
+    if os.path.lexists(args.output) and not args.overwrite:
+        raise _UsageError(f"OUTPUT {args.output} exists: pass --overwrite to replace it, or "
+                          "name another file")
 
 
 def _convert(args):
@@ -131,24 +139,18 @@ def _convert(args):
 
 
 def write_atomically(model, output):
-    """Saves `model` to `output` (`.keras`: whole model; `.weights.h5`: weights) via a temporary
-    file in the same folder and `os.replace`, so `output` is either complete or untouched."""
+    """Saves `model` to `output` (`.keras`: whole model; `.weights.h5`: weights) via a hidden
+    temporary file in the same folder and `os.replace`, so `output` is either complete or
+    untouched; the temporary file is removed on failure and on SIGTERM, and leftovers of
+    killed earlier runs on the next run (`conversion.atomic`)."""
     suffix = next(s for s in OUTPUT_SUFFIXES if output.endswith(s))
-    folder = os.path.dirname(os.path.abspath(output))
     # Keras picks the format from the suffix, so the temporary file keeps it.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(output)}.", suffix=suffix)
-    os.close(fd)
-    os.remove(tmp)  # Keras refuses to overwrite without asking; let it create the file.
-    try:
+    with atomic.temporary_path(output, suffix) as tmp:
         if suffix == ".keras":
             model.save(tmp)
         else:
             model.save_weights(tmp)
         os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def summary(model, checkpoint):
