@@ -113,7 +113,9 @@ def predict(images, source, top_k=5, out=None):
     out = out or sys.stdout
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1. Received: {top_k}")
-    pictures = [_read_image(path) for path in images]  # fail on a bad image before loading
+    from keras_deit.image_processing import load_image
+
+    pictures = [load_image(path) for path in images]  # fail on a bad image before loading
     model, processor = load_classifier(source)
     labels = class_names(model.config)
     pixel_values = processor(pictures)["pixel_values"]
@@ -125,18 +127,6 @@ def predict(images, source, top_k=5, out=None):
         for rank, index in enumerate(np.argsort(-row)[: min(top_k, len(row))], start=1):
             print(f"  {rank}. {labels[index]}  {row[index]:.4f}", file=out)
     return 0
-
-
-def _read_image(path):
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such image: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read {path} as an image ({_one_line(e)})") from None
 
 
 def load_classifier(source):
