@@ -134,10 +134,11 @@ def load_classifier(source):
     from keras_deit import presets
     from keras_deit.image_processing import DeiTImageProcessor
     from keras_deit.models import DeiTPreTrainedModel
+    from keras_deit.saving import load_model
 
     source = BUILTIN_MODELS.get(source, source)
     if str(source).endswith(".keras"):
-        model = _load_keras_file(source)
+        model = load_model(source)
         folder = os.path.dirname(os.path.abspath(source))
     else:
         model = DeiTPreTrainedModel.from_pretrained(source)
@@ -165,28 +166,6 @@ def load_classifier(source):
     if getattr(model, "data_format", "channels_last") == "channels_first":
         processor.data_format = "channels_first"
     return model, processor
-
-
-def _load_keras_file(path):
-    """`keras.saving.load_model` (safe mode), with one-line errors naming the file: Keras says
-    "File not found" for a file that exists but is no zip archive."""
-    import zipfile
-
-    import keras
-
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder, not a .keras file: pass the model file.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such model file: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .keras archive (it is corrupt or truncated, or "
-                         "another format): convert or save the model again.")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as e:  # Keras raises many types for an archive it cannot rebuild
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
-        raise ValueError(f"{path} could not be loaded as a Keras model ({type(e).__name__}: "
-                         f"{reason}): save or convert it again with this package.") from None
 
 
 def class_names(config):

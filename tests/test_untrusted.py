@@ -332,3 +332,184 @@ def test_convert_prints_the_guess(tmp_path, capsys):
     assert main([path, str(tmp_path / "m.weights.h5"), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "warning: the head count is a guess: 1 heads" in err and err.count("\n") == 1
+
+
+# ---- .bin / .pth ---------------------------------------------------------------------------
+PTH = os.path.join(TIMM, "deit_micro_distilled_patch16_64.pth")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_pth_files(fraction, tmp_path):
+    pytest.importorskip("torch")
+    raw = open(PTH, "rb").read()
+    path = _write(tmp_path, raw[: int(len(raw) * fraction)], "model.pth")
+    with pytest.raises(CorruptCheckpointError) as info:
+        read_checkpoint(path)
+    message = _one_line(info.value)
+    assert path in message and "truncated" in message
+
+
+def test_a_pickle_with_code_is_refused_as_code(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('the payload ran')",))
+
+    for name, legacy in (("new.pth", False), ("legacy.bin", True)):
+        path = str(tmp_path / name)
+        torch.save({"model": {"cls_token": torch.zeros(1, 1, 4)}, "x": Payload()}, path,
+                   _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+        message = _one_line(info.value)
+        assert not isinstance(info.value, CorruptCheckpointError)
+        assert "contains code (its pickle calls `exec`) and was refused" in message
+        assert "weights_only" not in message and "add_safe_globals" not in message
+
+
+def test_pth_structure_lies(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = torch.load(PTH, weights_only=True)
+    state = state.get("model", state)
+    cases = {
+        # name: (content, error words)
+        "a list": ([torch.zeros(2)], "holds a list, not a state dict"),
+        "non-square grid": (dict(state, pos_embed=torch.zeros(1, 19, 48)), "no square patch grid"),
+        "missing tensor": ({k: v for k, v in state.items() if k != "blocks.1.attn.qkv.weight"},
+                           "model variables with no tensor in the checkpoint"),
+        "block gap": ({k.replace("blocks.1.", "blocks.2."): v for k, v in state.items()},
+                      "not numbered 0..2"),
+    }
+    for name, (content, words) in cases.items():
+        path = str(tmp_path / f"{name.replace(' ', '_')}.pth")
+        torch.save(content, path)
+        with pytest.raises(CheckpointError) as info:
+            kd.DeiTPreTrainedModel.from_pretrained(path, num_attention_heads=3)
+        assert words in str(info.value), (name, str(info.value))
+
+
+def test_random_pth_flips_only_give_checkpoint_errors(tmp_path):
+    """Seeded flips anywhere in a .pth: it reads, or a CheckpointError says why; nothing else."""
+    pytest.importorskip("torch")
+    raw = open(PTH, "rb").read()
+    rng = random.Random(7)
+    refused = 0
+    for trial in range(40):
+        flipped = bytearray(raw)
+        for _ in range(4):
+            flipped[rng.randrange(len(raw))] = rng.randrange(256)
+        path = _write(tmp_path, bytes(flipped), f"flip{trial}.pth")
+        try:
+            read_checkpoint(path)
+        except CheckpointError as e:
+            _one_line(e)
+            refused += 1
+        os.remove(path)
+    assert refused > 0
+
+
+# ---- tf_model.h5 -----------------------------------------------------------------------------
+H5 = os.path.join(WITH_TEACHER, "tf_model.h5")
+
+
+def _h5_copy(tmp_path, edit):
+    import h5py
+
+    path = tmp_path / "tf_model.h5"
+    shutil.copy(H5, path)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    return str(path)
+
+
+def test_h5_lies(tmp_path):
+    import h5py
+
+    def phantom_layer(f):
+        f.attrs["layer_names"] = np.array(
+            [n if isinstance(n, bytes) else n.encode() for n in f.attrs["layer_names"]]
+            + [b"no_such_group"])
+
+    def not_a_checkpoint(f):
+        del f.attrs["layer_names"]
+
+    def missing_weight(f):
+        group = f[f.attrs["layer_names"][0]]
+        group.attrs["weight_names"] = np.array(
+            [n if isinstance(n, bytes) else n.encode() for n in group.attrs["weight_names"]]
+            + [b"ghost/kernel:0"])
+
+    cases = [
+        (phantom_layer, CorruptCheckpointError, "`layer_names` lists 'no_such_group'"),
+        (not_a_checkpoint, CheckpointError, "no `layer_names`"),
+        (missing_weight, CorruptCheckpointError, "weight 'ghost/kernel:0' is unreadable"),
+    ]
+    for edit, error, words in cases:
+        (tmp_path / "tf_model.h5").unlink(missing_ok=True)
+        path = _h5_copy(tmp_path, edit)
+        with pytest.raises(error) as info:
+            read_checkpoint(path)
+        message = _one_line(info.value)
+        assert words in message and path in message
+    assert h5py  # the edits above went through h5py, so the file stayed valid HDF5
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.9])
+def test_truncated_h5_files(fraction, tmp_path):
+    raw = open(H5, "rb").read()
+    path = _write(tmp_path, raw[: int(len(raw) * fraction)], "tf_model.h5")
+    with pytest.raises(CorruptCheckpointError, match="truncated"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("weights", ["tf_model.h5", "model.safetensors"])
+def test_config_lies_are_refused_for_every_hf_format(weights, tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    shutil.copy(os.path.join(WITH_TEACHER, weights), folder)
+    config = json.load(open(os.path.join(WITH_TEACHER, "config.json")))
+    config["hidden_size"] = 3_000_000
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="refused before building the model"):
+        kd.DeiTPreTrainedModel.from_pretrained(str(folder))
+
+
+# ---- .keras --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keras") / "model.keras"
+    kd.DeiTPreTrainedModel.from_pretrained(WITH_TEACHER).save(path)
+    return str(path)
+
+
+def _rezipped(keras_file, tmp_path, edit_config):
+    import zipfile
+
+    out = tmp_path / "edited.keras"
+    with zipfile.ZipFile(keras_file) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                saved = json.loads(data)
+                edit_config(saved["config"]["config"])
+                data = json.dumps(saved).encode()
+            dst.writestr(item, data)
+    return str(out)
+
+
+def test_keras_file_lies(keras_file, tmp_path):
+    from keras_deit.saving import load_model
+
+    raw = open(keras_file, "rb").read()
+    for keep in (0, 100, len(raw) // 2, len(raw) - 10):
+        path = _write(tmp_path, raw[:keep], "cut.keras")
+        with pytest.raises(ValueError, match="is not a .keras archive"):
+            load_model(path)
+    huge = _rezipped(keras_file, tmp_path, lambda c: c.update(hidden_size=3_000_000))
+    with pytest.raises(ValueError, match="refused before building"):
+        load_model(huge)
+    typed = _rezipped(keras_file, tmp_path, lambda c: c.update(qkv_bias="false"))
+    with pytest.raises(kd.ConfigError, match="`qkv_bias` must be true or false"):
+        load_model(typed)
+    assert isinstance(load_model(keras_file), kd.DeiTForImageClassificationWithTeacher)
