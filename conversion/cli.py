@@ -8,9 +8,9 @@ written), 2 any other error, reported on one line without a traceback.
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 
+from conversion import atomic
 from conversion.readers import CheckpointError
 from keras_deit.models import MODEL_CLASSES
 
@@ -49,6 +49,8 @@ def build_parser(prog="python -m conversion"):
                              "transformers) on a random input before writing")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest max-abs difference --verify accepts (default 1e-4)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUTPUT if it exists (default: refuse)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     return parser
 
@@ -85,16 +87,27 @@ def _check_args(args):
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise _UsageError(f"the folder of OUTPUT does not exist: {folder}")
+    # Checked before the checkpoint is read, so a refusal costs nothing.
+    if os.path.isdir(args.output):
+        raise _UsageError(f"OUTPUT {args.output} is a folder: name a file")
+    if os.path.lexists(args.output) and not args.overwrite:
+        raise _UsageError(f"OUTPUT {args.output} exists: pass --overwrite to replace it, or "
+                          "name another file")
 
 
 def _convert(args):
     from conversion.loading import build_model, open_checkpoint
 
     show = not args.quiet
-    checkpoint = open_checkpoint(
-        args.source, num_attention_heads=args.num_heads, preset_source=args.preset_source,
-        cache_dir=args.cache_dir, progress=show,
-    )
+    with warnings.catch_warnings():
+        # A guessed head count is printed below as one line, --quiet or not.
+        warnings.simplefilter("ignore")
+        checkpoint = open_checkpoint(
+            args.source, num_attention_heads=args.num_heads, preset_source=args.preset_source,
+            cache_dir=args.cache_dir, progress=show,
+        )
+    for note in checkpoint.notes:
+        print(f"warning: {note}", file=sys.stderr)
     cls = None if args.model_class == "auto" else MODEL_CLASSES[args.model_class]
     with warnings.catch_warnings():
         # Fresh variables are listed in the summary instead.
@@ -126,24 +139,18 @@ def _convert(args):
 
 
 def write_atomically(model, output):
-    """Saves `model` to `output` (`.keras`: whole model; `.weights.h5`: weights) via a temporary
-    file in the same folder and `os.replace`, so `output` is either complete or untouched."""
+    """Saves `model` to `output` (`.keras`: whole model; `.weights.h5`: weights) via a hidden
+    temporary file in the same folder and `os.replace`, so `output` is either complete or
+    untouched; the temporary file is removed on failure and on SIGTERM, and leftovers of
+    killed earlier runs on the next run (`conversion.atomic`)."""
     suffix = next(s for s in OUTPUT_SUFFIXES if output.endswith(s))
-    folder = os.path.dirname(os.path.abspath(output))
     # Keras picks the format from the suffix, so the temporary file keeps it.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(output)}.", suffix=suffix)
-    os.close(fd)
-    os.remove(tmp)  # Keras refuses to overwrite without asking; let it create the file.
-    try:
+    with atomic.temporary_path(output, suffix) as tmp:
         if suffix == ".keras":
             model.save(tmp)
         else:
             model.save_weights(tmp)
         os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def summary(model, checkpoint):
@@ -181,4 +188,5 @@ def summary(model, checkpoint):
         lines.append(f"not used:           {', '.join(info.dropped)}")
     if info.fresh:
         lines.append(f"freshly initialized: {', '.join(info.fresh)}")
+    lines.extend(f"note:               {note}" for note in info.notes)
     return "\n".join(lines)

@@ -9,15 +9,19 @@ Nothing is assigned until every check has passed, and the model is only returned
 failed load never leaves a half-filled model behind.
 """
 
+import contextlib
 import dataclasses
-import json
 import os
 import warnings
 
 import numpy as np
 
 from conversion import hf, sources, timm
-from conversion.readers import CheckpointError, read_checkpoint
+from conversion.readers import (
+    CheckpointError, CorruptCheckpointError, read_checkpoint, read_safetensors_header,
+)
+from conversion.shapes import check_hf_config
+from keras_deit.config import read_json_object
 
 # Weight files of an HF folder, in the order transformers prefers them.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5")
@@ -44,6 +48,7 @@ class LoadingInfo:
         source: the file the weights came from.
         format: the checkpoint's naming, "hf" (transformers) or "timm" (timm / original .pth).
         preset: the preset the source was named by or belongs to, if any.
+        notes: what was inferred rather than read (a guessed head count), as sentences.
     """
 
     fresh: list
@@ -51,6 +56,7 @@ class LoadingInfo:
     source: str
     format: str = "hf"
     preset: str = None
+    notes: list = dataclasses.field(default_factory=list)
 
 
 def find_weights_file(folder, weights_file=None):
@@ -206,6 +212,7 @@ class Checkpoint:
         folder: the HF / timm hub folder it came from, or None for a lone file.
         preset: the preset it was named by or belongs to, if any.
         model_class: the name of our class the checkpoint is for (auto-selection).
+        notes: what was inferred rather than read (see `LoadingInfo.notes`).
     """
 
     tensors: dict
@@ -215,6 +222,7 @@ class Checkpoint:
     folder: str = None
     preset: str = None
     model_class: str = "DeiTModel"
+    notes: list = dataclasses.field(default_factory=list)
 
 
 def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=None,
@@ -249,19 +257,30 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
 
     folder = resolved.path if resolved.is_folder else None
     path = find_weights_file(folder, weights_file) if folder else resolved.path
-    tensors = read_checkpoint(path)
+    # A safetensors header gives every name and shape without the data, so a config that
+    # does not fit is refused before anything is read or built; other formats are read whole.
+    if path.endswith(".safetensors"):
+        tensors = None
+        header = _read(read_safetensors_header, path, resolved)[0]
+        shapes = {name: spec.shape for name, spec in header.items()}
+    else:
+        tensors = _read(read_checkpoint, path, resolved)
+        shapes = {name: np.shape(value) for name, value in tensors.items()}
     meta = _folder_config(folder) if folder else None
 
-    if timm.is_timm_state(tensors):
+    if timm.is_timm_state(shapes):
+        tensors = _read(read_checkpoint, path, resolved) if tensors is None else tensors
         # A timm hub folder's config.json names its timm architecture: a preset, if it is one.
         arch = (meta or {}).get("architecture")
         expected = config or preset_config or (
             presets.preset_config(arch) if presets.is_preset(arch) else None
         )
-        config = timm.config_from_timm_state(tensors, num_attention_heads, expected)
+        notes = []
+        config = timm.config_from_timm_state(tensors, num_attention_heads, expected, notes)
         model_class = timm.model_class_name(config)
         fmt = "timm"
     else:
+        config_path = None
         if config is None:
             config_path = _hf_config_path(folder, path)
             if config_path is None:
@@ -278,22 +297,36 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
                     f"{path!r} does not have the architecture of preset {resolved.preset!r}:\n  - "
                     + "\n  - ".join(differences)
                 )
+        check_hf_config(config, shapes, path, config_path)
+        tensors = _read(read_checkpoint, path, resolved) if tensors is None else tensors
         model_class = model_class_for(config).__name__
         fmt = "hf"
+        notes = []
     return Checkpoint(tensors=tensors, config=config, format=fmt, path=path, folder=folder,
-                      preset=resolved.preset, model_class=model_class)
+                      preset=resolved.preset, model_class=model_class, notes=notes)
+
+
+def _read(reader, path, resolved):
+    """`reader(path)`. A corrupt file that came from a download is removed from the cache, so
+    the next run fetches it again instead of failing on the same bytes (a server that sends
+    neither a length nor a hash cannot be caught mid-download)."""
+    try:
+        return reader(path)
+    except CorruptCheckpointError as e:
+        if resolved.origin is None or not sources.is_url(resolved.origin):
+            raise
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise CorruptCheckpointError(
+            f"{e} It was the cached download of {resolved.origin}, now removed: run again to "
+            "download it afresh."
+        ) from None
 
 
 def _folder_config(folder):
-    """The folder's config.json as a dict, or None."""
+    """The folder's config.json as a dict, or None when it has none."""
     path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path!r} is not readable JSON ({e}): download it again.") from None
+    return read_json_object(path, "config file") if os.path.isfile(path) else None
 
 
 def _hf_config_path(folder, weights_path):
@@ -391,6 +424,7 @@ def _fill(model, checkpoint, strict, progress):
     if bar:
         bar.close()
     info.preset = checkpoint.preset
+    info.notes = list(checkpoint.notes)
     if info.fresh:
         warnings.warn(
             f"{type(model).__name__}: these variables were not in {checkpoint.path!r} (or had "

@@ -6,22 +6,26 @@ it first when needed:
 - a preset name (`keras_deit.presets`): its original `.pth` from dl.fbaipublicfiles.com
   (`preset_source="original"`, the default), or its hub repository (`"hub"`);
 - an `http(s)://` or `file://` URL of a checkpoint file: downloaded once into the cache
-  (`$KERAS_DEIT_CACHE`, else `~/.cache/keras_deit`), written atomically, its sha256 checked
-  against the hash prefix the file name carries (`name-1a2b3c4d.pth`, as torch.hub does);
+  (`$KERAS_DEIT_CACHE`, else `~/.cache/keras_deit`), in a folder named by a hash of the URL,
+  written atomically, its sha256 checked against the hash prefix the file name carries
+  (`name-1a2b3c4d.pth`, as torch.hub does);
 - `owner/name`: a Hugging Face Hub repository, fetched with `huggingface_hub` (optional);
 - a local folder or file: used as is.
 """
 
+import contextlib
 import dataclasses
 import difflib
+import functools
 import hashlib
+import http.client
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from conversion import atomic
 from conversion.progress import Progress
 from conversion.readers import CheckpointError
 
@@ -30,6 +34,8 @@ CACHE_ENV = "KERAS_DEIT_CACHE"
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHUNK = 1 << 20
+# A server that stops sending for this long is a broken download, not a slow one.
+_TIMEOUT_S = 60
 # Downloads smaller than this get no progress bar.
 _PROGRESS_MIN_BYTES = 8 << 20
 
@@ -93,13 +99,56 @@ def _file_name(url):
     return name
 
 
+def cache_path(url, cache=None):
+    """Where `url`'s file is kept: `<cache>/<first 16 hex digits of sha256(url)>/<file name>`.
+
+    Keyed by the whole URL, so two URLs that end in the same file name never share a file.
+    """
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(cache_dir(cache), key, _file_name(url))
+
+
+def _make_folder(folder):
+    """Creates the cache folder, or says in one line why it cannot be one."""
+    for parent in _parents(folder):
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise CheckpointError(
+                f"The download cache {folder} cannot be created: {parent} is a file, not a "
+                f"folder. Point ${CACHE_ENV} (or cache_dir) at a folder, or move that file."
+            )
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(
+            f"The download cache {folder} cannot be created ({e.strerror or e}): point "
+            f"${CACHE_ENV} (or cache_dir) at a writable folder."
+        ) from None
+
+
+def _parents(folder):
+    folder = os.path.abspath(folder)
+    while True:
+        yield folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+
+
+# What a broken connection raises while the body streams (IncompleteRead: the server closed
+# before the length it promised; ConnectionError: a reset; OSError: timeouts and the rest).
+_STREAM_ERRORS = (http.client.HTTPException, ConnectionError, TimeoutError, OSError)
+
+
 def download(url, cache=None, sha256_prefix=None, progress=True, opener=None):
     """The local path of `url`'s file, downloading it into the cache if it is not there yet.
 
-    The file is streamed into a temporary file beside its destination and moved into place
-    only once complete and, when a hash prefix is known, verified; a failed or interrupted
-    download leaves nothing behind. A file already in the cache is reused after the same hash
-    check (it may have been placed there by hand, as the offline error message suggests).
+    The cache is keyed by the URL (`cache_path`). The file is streamed into a hidden
+    temporary file beside its destination and moved into place only after a clean end of the
+    stream, with as many bytes as the server announced, and, when a hash prefix is known,
+    verified; a failed or interrupted download leaves nothing behind (see
+    `conversion.atomic`). A file already in the cache is reused after the same hash check (it
+    may have been placed there by hand, as the offline error message suggests).
 
     Args:
         url: http(s) or file URL of a checkpoint.
@@ -110,11 +159,11 @@ def download(url, cache=None, sha256_prefix=None, progress=True, opener=None):
         opener: `urllib.request.urlopen` or a stand-in (tests).
 
     Raises:
-        CheckpointError: the download failed (the message says which URL to fetch by hand and
-            where to put the file) or the file's hash does not match.
+        CheckpointError: the download failed or stopped early (the message names the URL, and
+            where to put a file fetched by hand), the hash does not match, or the cache
+            folder cannot be made.
     """
-    folder = cache_dir(cache)
-    dest = os.path.join(folder, _file_name(url))
+    dest = cache_path(url, cache)
     if sha256_prefix is None:
         sha256_prefix = expected_sha256_prefix(url)
     if os.path.isfile(dest):
@@ -126,26 +175,35 @@ def download(url, cache=None, sha256_prefix=None, progress=True, opener=None):
                 "try again."
             )
         return dest
-    os.makedirs(folder, exist_ok=True)
-    opener = opener or urllib.request.urlopen
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".part")
-    digest = hashlib.sha256()
+    _make_folder(os.path.dirname(dest))
+    opener = opener or functools.partial(urllib.request.urlopen, timeout=_TIMEOUT_S)
+    by_hand = (f"fetch that URL elsewhere and put the file at {dest} (set ${CACHE_ENV} to use "
+               "another folder), or pass the local file's path instead")
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = opener(url)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", e)
-                raise CheckpointError(
-                    f"Could not download {url} ({reason}). Without network access, fetch that "
-                    f"URL elsewhere and put the file at {dest} (set ${CACHE_ENV} to use another "
-                    "folder), or pass the local file's path instead."
-                ) from None
-            with response:
+        _fetch(url, dest, sha256_prefix, progress, opener, by_hand)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the URL's folder, unless something else is in it
+            os.rmdir(os.path.dirname(dest))
+        raise
+    return dest
+
+
+def _fetch(url, dest, sha256_prefix, progress, opener, by_hand):
+    """Streams `url` into `dest` through a temporary file; see `download`."""
+    digest = hashlib.sha256()
+    with atomic.temporary_path(dest, ".part") as tmp:
+        try:
+            response = opener(url)
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or e
+            raise CheckpointError(f"Could not download {url} ({reason}). Without network "
+                                  f"access, {by_hand}.") from None
+        done, total = 0, None
+        try:
+            with response, open(tmp, "wb") as out:
                 total = _content_length(response)
                 bar = (Progress(f"Downloading {os.path.basename(dest)}", total)
                        if progress and (total or 0) >= _PROGRESS_MIN_BYTES else None)
-                done = 0
                 while True:
                     chunk = response.read(_CHUNK)
                     if not chunk:
@@ -157,11 +215,18 @@ def download(url, cache=None, sha256_prefix=None, progress=True, opener=None):
                         bar.update(done)
                 if bar:
                     bar.close()
-            if total is not None and done != total:
-                raise CheckpointError(
-                    f"The download of {url} stopped after {done} of {total} bytes. Try again, "
-                    f"or fetch the file by hand and put it at {dest}."
-                )
+        except _STREAM_ERRORS as e:
+            what = type(e).__name__ if isinstance(e, http.client.IncompleteRead) else (
+                getattr(e, "strerror", None) or str(e) or type(e).__name__)
+            raise CheckpointError(
+                f"The download of {url} broke off after {done} bytes ({what}); nothing was "
+                f"kept. Try again, or {by_hand}."
+            ) from None
+        if total is not None and done != total:
+            raise CheckpointError(
+                f"The download of {url} stopped after {done} of {total} bytes. Try again, "
+                f"or {by_hand}."
+            )
         actual = digest.hexdigest()
         if sha256_prefix and not actual.startswith(sha256_prefix.lower()):
             raise CheckpointError(
@@ -170,11 +235,6 @@ def download(url, cache=None, sha256_prefix=None, progress=True, opener=None):
                 "Download it again."
             )
         os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return dest
 
 
 def _file_sha256(path):

@@ -14,6 +14,7 @@ width and depth, or timm's DeiT convention of 64-wide heads, in that order.
 
 import math
 import re
+import warnings
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def _square_grid(pos_len, num_prefix, layer_scale):
     return candidates[0]
 
 
-def config_from_timm_state(state, num_attention_heads=None, config=None):
+def config_from_timm_state(state, num_attention_heads=None, config=None, notes=None):
     """The `DeiTConfig` of a timm / facebookresearch DeiT state dict, read from its shapes.
 
     Args:
@@ -137,6 +138,8 @@ def config_from_timm_state(state, num_attention_heads=None, config=None):
             config's, else the presets' for this width and depth, else hidden_size / 64.
         config: an expected `DeiTConfig` (e.g. a preset's). If given, it is checked against
             the checkpoint and returned; any difference is a `CheckpointError` listing them.
+        notes: an optional list; a head count guessed from timm's 64-wide convention (no
+            argument, config or preset gave it) is appended to it as a sentence, and warned.
 
     Returns:
         A `DeiTConfig` with layer_norm_eps 1e-6 and exact GELU (timm's DeiT), `num_labels`
@@ -182,6 +185,14 @@ def config_from_timm_state(state, num_attention_heads=None, config=None):
                 "Pass num_attention_heads=N (`--num-heads N` on the command line)."
             )
         heads = hidden // HEAD_DIM
+        # Shapes cannot tell a wrong split, and --verify builds its reference from the same
+        # guess: the user must hear it, and loading_info keeps it.
+        note = (f"the head count is a guess: {heads} heads of timm's 64-wide DeiT convention "
+                f"(hidden size {hidden}, {depth} blocks match no preset); pass "
+                "num_attention_heads=N (`--num-heads N`) if the model was trained with another")
+        warnings.warn(f"{note}.", stacklevel=2)
+        if notes is not None:
+            notes.append(note)
     if hidden % heads:
         raise CheckpointError(
             f"num_attention_heads={heads} does not divide the checkpoint's hidden size {hidden}: "

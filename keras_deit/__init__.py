@@ -1,6 +1,6 @@
 """keras-deit: DeiT (Data-efficient Image Transformers) for Keras 3 on TensorFlow, JAX and PyTorch."""
 
-from keras_deit.config import DeiTConfig
+from keras_deit.config import ConfigError, DeiTConfig
 from keras_deit.layers import (
     DeiTAttention,
     DeiTEmbeddings,

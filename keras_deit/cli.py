@@ -113,7 +113,9 @@ def predict(images, source, top_k=5, out=None):
     out = out or sys.stdout
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1. Received: {top_k}")
-    pictures = [_read_image(path) for path in images]  # fail on a bad image before loading
+    from keras_deit.image_processing import load_image
+
+    pictures = [load_image(path) for path in images]  # fail on a bad image before loading
     model, processor = load_classifier(source)
     labels = class_names(model.config)
     pixel_values = processor(pictures)["pixel_values"]
@@ -127,35 +129,25 @@ def predict(images, source, top_k=5, out=None):
     return 0
 
 
-def _read_image(path):
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such image: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read {path} as an image ({_one_line(e)})") from None
-
-
 def load_classifier(source):
     """The model for `source` and the image processor its checkpoint expects."""
-    import keras
-
     from keras_deit import presets
     from keras_deit.image_processing import DeiTImageProcessor
     from keras_deit.models import DeiTPreTrainedModel
+    from keras_deit.saving import load_model
 
     source = BUILTIN_MODELS.get(source, source)
     if str(source).endswith(".keras"):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"no such model file: {source}")
-        model = keras.saving.load_model(source)
+        model = load_model(source)
         folder = os.path.dirname(os.path.abspath(source))
     else:
         model = DeiTPreTrainedModel.from_pretrained(source)
         folder = source if os.path.isdir(str(source)) else None
+    if not isinstance(model, DeiTPreTrainedModel):
+        raise ValueError(
+            f"{source} holds a {type(model).__name__}, not a keras_deit DeiT model: convert a "
+            "DeiT checkpoint with `keras-deit convert`, or pass one of its sources."
+        )
     if "logits" not in model.output:
         raise ValueError(
             f"{source} holds a {type(model).__name__}, which has no classifier: use a "

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import os
 
 # Activations a config may name, with the Keras activation each one means. "gelu" is the exact
@@ -23,16 +24,50 @@ ACTIVATIONS = {
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
+class ConfigError(ValueError):
+    """A config field (or a `config.json`) with the wrong type or value; the message names the
+    field, the file when there is one, and what the field must be."""
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    # bool is an int to Python; `layer_norm_eps: true` would silently be 1.0.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_json_object(path, what="file"):
+    """The JSON object in the file at `path`; a `ConfigError` naming the file when it is not
+    UTF-8, not JSON, or JSON but not an object (`null`, a list, ...)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No {what} at {path!r}.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path!r} is not UTF-8 text (byte {e.start}): it is corrupt or not a "
+                          f"{what}; download it again.") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path!r} is not valid JSON ({e}); the file may be truncated: "
+                          "download it again.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path!r} must hold a JSON object, got {type(data).__name__} "
+                          f"({json.dumps(data)[:40]}): it is not a {what}.")
+    return data
+
+
 def _pair(value, name):
     """Returns `value` as an (height, width) tuple of positive ints."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         value = (value, value)
     if (
         not isinstance(value, (tuple, list))
         or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        or not all(_is_int(v) and v > 0 for v in value)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"`{name}` must be a positive int or a pair of positive ints. Received: {name}={value!r}"
         )
     return tuple(value)
@@ -151,57 +186,62 @@ class DeiTConfig:
 
     # ---- validation -----------------------------------------------------------------------
     def validate(self):
-        """Raises `ValueError` naming the first inconsistent field and how to fix it."""
+        """Raises `ConfigError` (a `ValueError`) naming the first wrong field and the fix."""
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "num_channels", "encoder_stride"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(f"`{name}` must be a positive int. Received: {name}={value!r}")
+        # Strings such as "false" are truthy: a flag that is not a bool is refused, not guessed.
+        for name in ("qkv_bias", "use_distillation_token", "class_token_position_embedding"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ConfigError(f"`{name}` must be true or false. Received: {name}={value!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 "`hidden_size` must be divisible by `num_attention_heads` so that every head has "
                 f"the same width. Received: hidden_size={self.hidden_size}, "
                 f"num_attention_heads={self.num_attention_heads}"
             )
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
         if h % ph or w % pw:
-            raise ValueError(
+            raise ConfigError(
                 "`image_size` must be divisible by `patch_size`: pick an image size that is a "
                 f"multiple of the patch. Received: image_size={self.image_size}, "
                 f"patch_size={self.patch_size}"
             )
         for name in ("hidden_act", "pooler_act"):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise ValueError(
-                    f"Unknown activation `{name}`={getattr(self, name)!r}. "
-                    f"Use one of {sorted(ACTIVATIONS)}."
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in ACTIVATIONS:
+                raise ConfigError(
+                    f"Unknown activation `{name}`={value!r}. Use one of {sorted(ACTIVATIONS)}."
                 )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            raise ValueError(
-                f"`layer_norm_eps` must be a positive number. Received: {self.layer_norm_eps!r}"
-            )
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value > 0 and math.isfinite(value)):
+                raise ConfigError(
+                    f"`{name}` must be a positive number. Received: {name}={value!r}"
+                )
         if self.pooler_output_size is not None and (
-            not isinstance(self.pooler_output_size, int) or self.pooler_output_size <= 0
+            not _is_int(self.pooler_output_size) or self.pooler_output_size <= 0
         ):
-            raise ValueError(
+            raise ConfigError(
                 "`pooler_output_size` must be None or a positive int. "
                 f"Received: pooler_output_size={self.pooler_output_size!r}"
             )
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"`problem_type` must be None or one of {PROBLEM_TYPES}. "
                 f"Received: problem_type={self.problem_type!r}"
             )
-        if self.layer_scale_init_value is not None and not isinstance(
-            self.layer_scale_init_value, (int, float)
-        ):
-            raise ValueError(
+        if self.layer_scale_init_value is not None and not _is_number(self.layer_scale_init_value):
+            raise ConfigError(
                 "`layer_scale_init_value` must be None or a number. "
-                f"Received: {self.layer_scale_init_value!r}"
+                f"Received: layer_scale_init_value={self.layer_scale_init_value!r}"
             )
 
     # ---- (de)serialization ----------------------------------------------------------------
@@ -239,18 +279,19 @@ class DeiTConfig:
     @classmethod
     def from_dict(cls, data):
         """Builds a config from an HF `config.json` dict (DeiT or ViT `model_type`)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"A config must be a JSON object (dict). Received: "
+                              f"{type(data).__name__}")
         data = dict(data)
         model_type = data.get("model_type", "deit")
         if model_type not in ("deit", "vit"):
-            raise ValueError(
+            raise ConfigError(
                 f"This is a config for model_type={model_type!r}, not DeiT: load it with the "
                 "library that provides that architecture, or pass a DeiT/ViT checkpoint."
             )
         data.setdefault("use_distillation_token", model_type == "deit")
         known = set(_init_args())
         kwargs = {k: data.pop(k) for k in list(data) if k in known}
-        if "id2label" in kwargs and kwargs["id2label"] is not None:
-            kwargs["id2label"] = {int(k): v for k, v in kwargs["id2label"].items()}
         if isinstance(kwargs.get("image_size"), list):
             kwargs["image_size"] = tuple(kwargs["image_size"])
         if isinstance(kwargs.get("patch_size"), list):
@@ -262,17 +303,15 @@ class DeiTConfig:
 
     @classmethod
     def from_json(cls, path):
-        """Reads an HF `config.json` file (or a folder holding one)."""
+        """Reads an HF `config.json` file (or a folder holding one); a wrong field is a
+        `ConfigError` naming the file and the field."""
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
+        data = read_json_object(path, "config file")
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"No config file at {path!r}.") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path!r} is not valid JSON ({e}); the file may be truncated.") from None
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path!r}: {e}") from None
 
     def to_json(self, path):
         """Writes the config as an HF `config.json` (to `path`, or into the folder `path`)."""
@@ -320,18 +359,51 @@ def _init_args():
 def _labels(num_labels, id2label, label2id):
     """Resolves the label maps as transformers does: id2label wins, else num_labels (default 2)."""
     if id2label is not None:
-        id2label = {int(k): str(v) for k, v in id2label.items()}
+        id2label = _int_keyed(id2label, "id2label")
         if num_labels is not None and num_labels != len(id2label):
-            raise ValueError(
-                f"`num_labels`={num_labels} disagrees with the {len(id2label)} entries of "
+            raise ConfigError(
+                f"`num_labels`={num_labels!r} disagrees with the {len(id2label)} entries of "
                 "`id2label`: pass one of them."
             )
     else:
         if num_labels is None:
             num_labels = 2
-        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 0:
-            raise ValueError(f"`num_labels` must be an int >= 0. Received: num_labels={num_labels!r}")
+        if not _is_int(num_labels) or num_labels < 0:
+            raise ConfigError(f"`num_labels` must be an int >= 0. Received: num_labels={num_labels!r}")
         id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    if label2id is not None and not isinstance(label2id, dict):
+        raise ConfigError("`label2id` must be an object mapping label names to class ids. "
+                          f"Received: label2id of type {type(label2id).__name__}")
     if label2id is None or len(label2id) != len(id2label):
         label2id = {v: k for k, v in id2label.items()}
-    return id2label, {str(k): int(v) for k, v in label2id.items()}
+    return id2label, {str(k): v for k, v in _int_valued(label2id).items()}
+
+
+def _int_keyed(mapping, name):
+    """`{int: str}` from `{"0": "cat", ...}`; a `ConfigError` naming the first bad entry."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"`{name}` must be an object mapping class ids to names, like "
+                          f'{{"0": "cat"}}. Received: {name} of type {type(mapping).__name__}')
+    out = {}
+    for key, value in mapping.items():
+        try:
+            index = int(key) if not isinstance(key, bool) else None
+        except (TypeError, ValueError):
+            index = None
+        if index is None or index < 0 or str(index) != str(key).strip() or not isinstance(
+                value, (str, int)) or isinstance(value, bool):
+            raise ConfigError(f"`{name}` entries must map class ids (ints >= 0) to names. "
+                              f"Received: {key!r}: {value!r}")
+        out[index] = str(value)
+    if sorted(out) != list(range(len(out))):
+        raise ConfigError(f"`{name}` must number its classes 0..{len(out) - 1} without gaps. "
+                          f"Received ids: {sorted(out)[:10]}")
+    return out
+
+
+def _int_valued(mapping):
+    for key, value in mapping.items():
+        if not _is_int(value) or value < 0:
+            raise ConfigError("`label2id` must map label names to class ids (ints >= 0). "
+                              f"Received: {key!r}: {value!r}")
+    return mapping

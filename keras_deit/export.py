@@ -1030,9 +1030,10 @@ def export_command(args, out=None):
                          f"--input-size {args.input_size}")
     _check_output(args.output, args.overwrite)
     require(format)
-    from keras_deit.cli import _read_image, load_classifier
+    from keras_deit.cli import load_classifier
+    from keras_deit.image_processing import load_image
 
-    pictures = [_read_image(p) for p in args.verify_image or []]
+    pictures = [load_image(p) for p in args.verify_image or []]
     model, processor = load_classifier(args.source)
     preprocessing = processor.to_keras_layer() if args.with_preprocessing else None
     spec = _input_spec(model, preprocessing, input_size, format)

@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 import PIL.Image
 
+from keras_deit.config import read_json_object
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
@@ -154,16 +156,71 @@ def _to_hwc(image, input_data_format):
     return image
 
 
-def _pil_to_rgb(image):
-    """RGB array (H, W, 3) from any PIL image; transparency is composited on white.
+# Pillow modes with more than 8 bits per sample. `convert("RGB")` clips them at 255 instead of
+# scaling (a 16-bit photo turns white, a [0, 1] float image black), so they are scaled here to
+# the 8 bits a viewer shows: 16-bit (and 32-bit int, which Pillow uses for 16-bit data) by
+# 65535 / 255, float as [0, 1] intensities, the convention of float image files.
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-    Compositing on white (instead of dropping alpha) is what transformers does.
+
+def _wide_to_gray8(image):
+    """An 8-bit "L" image from a 16-bit, 32-bit int or float one, scaled (rounded) and clipped."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        scaled = np.clip(values, 0.0, 1.0) * 255.0
+    else:
+        scaled = np.clip(values.astype(np.float64), 0, 65535) / 257.0
+    return PIL.Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+
+
+def _pil_to_rgb(image):
+    """RGB array (H, W, 3) uint8 from any PIL image, as an image viewer shows it.
+
+    16-bit, 32-bit int and float samples are scaled to 8 bits (see `_WIDE_INT_MODES`), not
+    clipped; transparency is composited on white (what transformers does, instead of
+    dropping alpha); palette, CMYK and the other 8-bit modes go through Pillow's conversion.
     """
+    if image.mode in _WIDE_INT_MODES or image.mode == "F":
+        image = _wide_to_gray8(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = PIL.Image.alpha_composite(white, rgba)
     return np.asarray(image.convert("RGB"))
+
+
+def load_image(path):
+    """The image file at `path` as an RGB PIL image, the 8-bit picture a viewer shows (first
+    frame of an animation; 16-bit and float files scaled; transparency on white).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a folder, not an image, or larger than Pillow's decompression-bomb limit;
+            one line naming the path and the fix.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not an image: pass the image files in it "
+                         f"(e.g. {os.path.join(path, '*.png')}).")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such image: {path}")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it: refuse both alike.
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                image.seek(0)
+                return PIL.Image.fromarray(_pil_to_rgb(image), "RGB")
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise ValueError(
+            f"{path} is refused: its size exceeds Pillow's limit of "
+            f"{PIL.Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb, or a picture far larger "
+            "than any model input); downscale it first, or raise PIL.Image.MAX_IMAGE_PIXELS if "
+            "you trust the file."
+        ) from None
+    except (PIL.UnidentifiedImageError, OSError, ValueError, EOFError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"cannot read {path} as an image ({reason})") from None
 
 
 def _array_to_rgb(image):
@@ -295,14 +352,6 @@ def _as_image_list(images):
             )
         items[i] = np.asarray(item)
     return items
-
-
-def _read_json_object(path):
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}.")
-    return config
 
 
 class BatchFeature(dict):
@@ -623,7 +672,7 @@ class DeiTImageProcessor:
     @classmethod
     def from_json_file(cls, path):
         """Builds a processor from a `preprocessor_config.json` file."""
-        return cls.from_dict(_read_json_object(path))
+        return cls.from_dict(read_json_object(path, "preprocessor config"))
 
     def to_json_string(self):
         """`to_dict()` as indented JSON with sorted keys (transformers' layout)."""
@@ -659,7 +708,7 @@ class DeiTImageProcessor:
                 f"from_pretrained got {source!r}, which is neither a local folder nor a "
                 f"JSON file (Hugging Face Hub ids and presets are not supported here)."
             )
-        return cls.from_dict(_read_json_object(path), **kwargs)
+        return cls.from_dict(read_json_object(path, "preprocessor config"), **kwargs)
 
     def __repr__(self):
         return f"{type(self).__name__} {self.to_json_string()}"

@@ -128,10 +128,21 @@ class DeiTPreTrainedModel(keras.Model):
     def _check_inputs(self, inputs):
         """Names the problem and the fix before Keras' generic shape error can."""
         pixel_values = inputs.get("pixel_values") if isinstance(inputs, dict) else inputs
+        if isinstance(pixel_values, (list, tuple)) and not (
+                len(pixel_values) == 1 and hasattr(pixel_values[0], "shape")):
+            # Keras would read a list as several model inputs and fail on the count.
+            raise ValueError(
+                f"Expected a batch of images as one array or tensor, got a Python "
+                f"{type(pixel_values).__name__} of {len(pixel_values)} items. Pass "
+                "np.stack(images) (or the image processor's pixel_values)."
+            )
         shape = getattr(pixel_values, "shape", None)  # None for datasets and generators
         if shape is None:
             return
         shape = tuple(shape)
+        if shape and shape[0] == 0:
+            raise ValueError(f"Expected at least one image, got an empty batch. Received: "
+                             f"shape={shape}. Pass one image or more.")
         cfg = self.config
         layout = "(batch, channels, height, width)" if self.data_format == "channels_first" else (
             "(batch, height, width, channels)"

@@ -59,11 +59,32 @@ def test_keras_file_model(photo, tmp_path, capsys):
     (["predict", "{photo}", "--model", "no_such_model"], "Unknown pretrained source 'no_such_model'"),
     (["predict", "{photo}", "--model", os.path.join(HF, "model")], "has no classifier"),
     (["predict", "{photo}", "--model", WITH_TEACHER, "--top-k", "0"], "--top-k must be at least 1"),
+    (["predict", "{folder}", "--model", WITH_TEACHER], "is a folder, not an image"),
+    (["predict", "{photo}", "--model", "{corrupt}"], "is not a .keras archive (it is corrupt"),
+    (["predict", "{photo}", "--model", "{plain}"], "holds a Sequential, not a keras_deit DeiT"),
+    (["predict", "{photo}", "--model", "{evil_pth}"], "contains code"),
 ])
 def test_errors_are_one_line(args, message, photo, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
-    args = [a.replace("{bad}", str(bad)).replace("{photo}", photo) for a in args]
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK\x03\x04 but not a zip at all")
+    plain = tmp_path / "plain.keras"
+    if "{plain}" in args:
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(plain)
+    evil = tmp_path / "evil.pth"
+    if "{evil_pth}" in args:
+        torch = pytest.importorskip("torch")
+
+        class Payload:
+            def __reduce__(self):
+                return (exec, ("raise SystemExit('ran')",))
+
+        torch.save({"model": {"cls_token": torch.zeros(1, 1, 4)}, "x": Payload()}, evil)
+    names = {"{bad}": bad, "{photo}": photo, "{folder}": tmp_path, "{corrupt}": corrupt,
+             "{plain}": plain, "{evil_pth}": evil}
+    for key, value in names.items():
+        args = [a.replace(key, str(value)) for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("keras-deit: error:") and message in err[0]

@@ -125,11 +125,48 @@ def test_existing_output_is_replaced_only_when_complete(tmp_path, monkeypatch):
     output.write_bytes(b"old")
     monkeypatch.setattr(keras.Model, "save_weights",
                         lambda self, path, **kw: (_ for _ in ()).throw(OSError("boom")))
-    assert main([WITH_TEACHER, str(output), "--quiet"]) == 2
+    assert main([WITH_TEACHER, str(output), "--quiet", "--overwrite"]) == 2
     assert output.read_bytes() == b"old"
     monkeypatch.undo()
-    assert main([WITH_TEACHER, str(output), "--quiet"]) == 0
+    assert main([WITH_TEACHER, str(output), "--quiet", "--overwrite"]) == 0
     assert output.read_bytes() != b"old" and os.listdir(tmp_path) == ["model.weights.h5"]
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys):
+    output = tmp_path / "model.keras"
+    output.write_bytes(b"keep me")
+    assert main([WITH_TEACHER, str(output), "--quiet"]) == 2
+    assert "exists: pass --overwrite" in _one_error_line(capsys.readouterr().err)
+    assert output.read_bytes() == b"keep me"
+    assert main([WITH_TEACHER, str(tmp_path), "--quiet"]) == 2  # a folder named like a file
+    capsys.readouterr()
+
+
+def test_sigterm_during_a_write_removes_the_temporary_file(tmp_path, monkeypatch):
+    """The signal arrives while Keras writes: the command exits, no hidden file is left."""
+    import signal
+
+    def killed_midway(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(keras.Model, "save_weights", killed_midway)
+    with pytest.raises(SystemExit) as info:
+        main([WITH_TEACHER, str(tmp_path / "m.weights.h5"), "--quiet"])
+    assert info.value.code == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".m.weights.h5.tmp-{dead}-1a2b.weights.h5"
+    stale.write_bytes(b"40 MB of a killed save")
+    assert main([WITH_TEACHER, str(tmp_path / "m.weights.h5"), "--quiet"]) == 0
+    assert os.listdir(tmp_path) == ["m.weights.h5"]
 
 
 @pytest.mark.parametrize("source, extra, reference", [
@@ -181,7 +218,7 @@ def test_python_dash_m(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "distillation token: yes" in result.stdout and output.exists()
     result = subprocess.run(
-        [sys.executable, "-m", "conversion", "nowhere.pth", str(output)],
+        [sys.executable, "-m", "conversion", "nowhere.pth", str(tmp_path / "other.weights.h5")],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr

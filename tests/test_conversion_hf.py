@@ -78,16 +78,24 @@ def test_vit_layout_cannot_build_a_two_head_model():
 
 def test_checkpoint_of_another_size_is_refused_with_names():
     config = kd.DeiTConfig.from_json(WITH_TEACHER).replace(hidden_size=96, intermediate_size=192)
-    with pytest.raises(CheckpointError, match="shape mismatches: embeddings/cls_token"):
+    # Refused from the header's shapes, before the model is built.
+    with pytest.raises(CheckpointError, match=r"hidden_size \(embeddings.cls_token\): config "
+                                              r"\(1, 1, 96\), checkpoint \(1, 1, 48\)"):
         kd.DeiTForImageClassificationWithTeacher.from_pretrained(WITH_TEACHER, config=config)
     deeper = kd.DeiTConfig.from_json(WITH_TEACHER).replace(num_hidden_layers=3)
-    with pytest.raises(CheckpointError, match="no tensor in the checkpoint: encoder/layer_2/"):
+    with pytest.raises(CheckpointError, match="num_hidden_layers: config 3, checkpoint 2"):
         kd.DeiTForImageClassificationWithTeacher.from_pretrained(WITH_TEACHER, config=deeper)
+    # The same checks after building, for tensors handed over directly.
+    from conversion import assign_checkpoint
+
+    with pytest.raises(CheckpointError, match="no tensor in the checkpoint: encoder/layer_2/"):
+        assign_checkpoint(kd.DeiTForImageClassificationWithTeacher(deeper),
+                          read_safetensors(os.path.join(WITH_TEACHER, "model.safetensors")))
 
 
 def test_distilled_checkpoint_into_a_model_without_the_token_is_refused():
     config = kd.DeiTConfig.from_json(WITH_TEACHER).replace(use_distillation_token=False)
-    with pytest.raises(CheckpointError, match="distillation token"):
+    with pytest.raises(CheckpointError, match="use_distillation_token: config False, checkpoint True"):
         kd.DeiTForImageClassification.from_pretrained(WITH_TEACHER, config=config)
 
 

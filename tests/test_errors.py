@@ -50,3 +50,15 @@ def test_bad_model_options():
         kd.DeiTForMaskedImageModeling(tiny_config(encoder_stride=16))
     with pytest.raises(ValueError, match="DeiTConfig"):
         kd.DeiTModel("deit_tiny")
+
+
+def test_empty_batches_and_python_lists_are_named(model):
+    with pytest.raises(ValueError, match="got an empty batch"):
+        model(np.zeros((0, 32, 32, 3), "float32"))
+    with pytest.raises(ValueError, match="got an empty batch"):
+        model.predict(np.zeros((0, 32, 32, 3), "float32"), verbose=0)
+    nested = np.zeros((2, 32, 32, 3)).tolist()
+    with pytest.raises(ValueError, match=r"got a Python list of 2 items. Pass np.stack\(images\)"):
+        model(nested)
+    with pytest.raises(ValueError, match="Python list of 2 items"):
+        model.predict(nested, verbose=0)

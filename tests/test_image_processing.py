@@ -419,3 +419,103 @@ def test_layer_shortest_edge_in_tensorflow_graph_needs_known_size(keras):
     fixed = DeiTImageProcessor().to_keras_layer()
     graph = tf.function(fixed, input_signature=[spec]).get_concrete_function()
     assert graph.structured_outputs.shape.as_list() == [None, 224, 224, 3]
+
+
+# ---- every Pillow mode reaches the model as the 8-bit RGB picture ---------------------------
+def _picture():
+    """A 48x40 colour picture of 216 colours (so a palette holds it exactly), and its gray."""
+    rng = np.random.RandomState(7)
+    blocks = rng.randint(0, 6, size=(6, 5, 3)) * 51
+    rgb = np.kron(blocks, np.ones((8, 8, 1))).astype(np.uint8)
+    return rgb, np.asarray(PIL.Image.fromarray(rgb).convert("L"))
+
+
+def _saved(tmp_path, image, name, **options):
+    path = tmp_path / name
+    image.save(path, **options)
+    return str(path)
+
+
+def _palette_image(rgb):
+    colours, index = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    image = PIL.Image.fromarray(index.reshape(rgb.shape[:2]).astype(np.uint8), "P")
+    image.putpalette(colours.astype(np.uint8).ravel().tolist())
+    return image
+
+
+def _variants(tmp_path):
+    """(name, file in that mode, the 8-bit file of the same picture)."""
+    rgb, gray = _picture()
+    rgb8 = _saved(tmp_path, PIL.Image.fromarray(rgb), "rgb8.png")
+    gray8 = _saved(tmp_path, PIL.Image.fromarray(gray), "gray8.png")
+    wide = gray.astype(np.uint16) * 257  # 8-bit value v is 16-bit v * 257
+    other = np.full_like(rgb, 255)
+    frames = [_palette_image(rgb), _palette_image(other)]
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
+    return [
+        ("I;16 png", _saved(tmp_path, PIL.Image.fromarray(wide), "gray16.png"), gray8),
+        ("I tiff", _saved(tmp_path, PIL.Image.fromarray(wide.astype(np.int32), "I"), "i.tif"),
+         gray8),
+        ("F tiff", _saved(tmp_path, PIL.Image.fromarray(gray.astype(np.float32) / 255), "f.tif"),
+         gray8),
+        ("L png", gray8, gray8),
+        ("LA png", _saved(tmp_path, PIL.Image.fromarray(gray).convert("LA"), "la.png"), gray8),
+        ("P png", _saved(tmp_path, _palette_image(rgb), "p.png"), rgb8),
+        ("CMYK tiff", _saved(tmp_path, PIL.Image.fromarray(rgb).convert("CMYK"), "cmyk.tif"),
+         rgb8),
+        ("RGBA png", _saved(tmp_path, PIL.Image.fromarray(rgba), "rgba.png"), rgb8),
+        ("animated gif", _saved(tmp_path, frames[0], "anim.gif", save_all=True,
+                                append_images=frames[1:], duration=100), rgb8),
+    ]
+
+
+def test_every_mode_loads_as_the_8_bit_picture(tmp_path):
+    from keras_deit.image_processing import load_image
+
+    for name, path, reference in _variants(tmp_path):
+        with PIL.Image.open(reference) as ref:
+            expected = np.asarray(ref.convert("RGB"))
+        loaded = load_image(path)
+        assert loaded.mode == "RGB", name
+        np.testing.assert_array_equal(np.asarray(loaded), expected, err_msg=name)
+
+
+def test_every_mode_gives_the_8_bit_pixel_values_in_memory(tmp_path):
+    """The processor fed the opened image (not a file path) sees the same numbers."""
+    processor = DeiTImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
+    for name, path, reference in _variants(tmp_path):
+        with PIL.Image.open(path) as image, PIL.Image.open(reference) as ref:
+            got = processor(image)["pixel_values"]
+            want = processor(ref.convert("RGB"))["pixel_values"]
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    from keras_deit.image_processing import load_image
+
+    rgb, _ = _picture()
+    alpha = np.zeros(rgb.shape[:2] + (1,), np.uint8)
+    alpha[:, :20] = 255
+    path = _saved(tmp_path, PIL.Image.fromarray(np.concatenate([rgb, alpha], -1)), "half.png")
+    loaded = np.asarray(load_image(path))
+    np.testing.assert_array_equal(loaded[:, :20], rgb[:, :20])
+    assert (loaded[:, 20:] == 255).all()
+
+
+def test_image_files_that_are_refused(tmp_path, monkeypatch):
+    from keras_deit.image_processing import load_image
+
+    with pytest.raises(ValueError, match="is a folder, not an image"):
+        load_image(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such image"):
+        load_image(str(tmp_path / "missing.png"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="cannot read .*broken.png as an image"):
+        load_image(str(broken))
+    # A decompression bomb, made small by lowering the limit instead of writing a huge file.
+    path = _saved(tmp_path, PIL.Image.new("L", (64, 64)), "bomb.png")
+    for limit in (64 * 64 // 2 - 1, 64 * 64 - 1):  # the error, and the warning band below it
+        monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(ValueError, match="decompression bomb"):
+            load_image(path)

@@ -2,12 +2,17 @@
 network), hub ids (snapshot_download patched to a local folder), presets, folders and files."""
 
 import hashlib
+import http.server
 import io
 import json
 import os
 import pathlib
 import shutil
+import socket
+import struct
+import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 import warnings
@@ -55,9 +60,9 @@ def test_download_checks_the_hash_in_the_file_name_and_is_reused(tmp_path, cache
     name = f"micro-{_sha256(source)[:8]}.pth"
     served, url = _served(tmp_path, name, source)
     path = sources.download(url)
-    assert path == str(cache / name)
+    assert path == sources.cache_path(url) and os.path.basename(path) == name
     assert _sha256(path) == _sha256(source)
-    assert _leftovers(cache) == [name]  # no temporary file left behind
+    assert _leftovers(pathlib.Path(path).parent) == [name]  # no temporary file left behind
     served.unlink()  # the second call must not need the source
     assert sources.download(url) == path
     pathlib.Path(path).write_bytes(b"placed by hand, but wrong")
@@ -80,7 +85,7 @@ def test_explicit_hash_prefix_is_checked(tmp_path, cache):
 
 
 def test_no_network_says_which_url_and_where_to_put_it(monkeypatch, cache):
-    def offline(url):
+    def offline(url, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
@@ -89,7 +94,8 @@ def test_no_network_says_which_url_and_where_to_put_it(monkeypatch, cache):
         kd.DeiTForImageClassification.from_pretrained("deit_tiny_patch16_224")
     message = str(info.value)
     assert url in message
-    assert str(cache / "deit_tiny_patch16_224-a1311bcf.pth") in message
+    assert sources.cache_path(url) in message
+    assert sources.cache_path(url).endswith("deit_tiny_patch16_224-a1311bcf.pth")
     assert sources.CACHE_ENV in message
     assert _leftovers(cache) == []
 
@@ -143,7 +149,7 @@ def test_from_url(tmp_path, cache):
     model = kd.DeiTPreTrainedModel.from_pretrained(url, num_attention_heads=3,
                                                    data_format="channels_first")
     assert isinstance(model, kd.DeiTForImageClassificationWithTeacher)
-    assert model.loading_info.source == str(cache / "micro.pth")
+    assert model.loading_info.source == sources.cache_path(url)
     _check_distilled(model)
 
 
@@ -273,3 +279,137 @@ def test_source_kinds():
     assert sources.expected_sha256_prefix(url) == "8de9b5d1"
     assert sources.expected_sha256_prefix("https://x.invalid/deit_3_small_224_1k.pth") is None
     assert sources.expected_sha256_prefix("https://x.invalid/w-0123abcd.pth") == "0123abcd"
+
+
+# ---- a local HTTP server (127.0.0.1 only) ----------------------------------------------------
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves `routes[path]` = (body, mode): "ok" (with Content-Length), "no-length" (the body,
+    then close), "short" (a length it does not deliver), "chunked-cut" (a chunked body that
+    stops mid-chunk) or "reset" (part of the body, then a TCP reset)."""
+
+    routes = {}
+    timeout = 5
+
+    def do_GET(self):  # noqa: N802 (the http.server name)
+        body, mode = self.routes[self.path]
+        self.send_response(200)
+        if mode == "ok":
+            self.send_header("Content-Length", str(len(body)))
+        elif mode == "short":
+            self.send_header("Content-Length", str(len(body) * 2))
+        elif mode == "chunked-cut":
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if mode == "chunked-cut":
+            self.wfile.write(b"%x\r\n" % (len(body) * 2) + body)
+        elif mode == "reset":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            # Linger 0 makes close() send RST; closed here, before http.server's own
+            # shutdown() would send a clean FIN first.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()
+        else:
+            self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """(routes dict, base URL) of a server on 127.0.0.1 that lives for one test."""
+    monkeypatch.setattr(sources, "_TIMEOUT_S", 5)
+    routes = {}
+    handler = type("Handler", (_Handler,), {"routes": routes})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield routes, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def _all_files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) \
+        if folder.exists() else []
+
+
+def test_the_cache_is_keyed_by_url_not_by_file_name(server, cache):
+    routes, base = server
+    routes["/a/model.pth"] = (b"first", "ok")
+    routes["/b/model.pth"] = (b"second", "ok")
+    first = sources.download(base + "/a/model.pth")
+    second = sources.download(base + "/b/model.pth")
+    assert first != second and os.path.basename(first) == os.path.basename(second)
+    assert open(first, "rb").read() == b"first" and open(second, "rb").read() == b"second"
+    del routes["/a/model.pth"]  # reused from the cache, not fetched again
+    assert sources.download(base + "/a/model.pth") == first
+
+
+def test_a_download_without_length_is_kept_after_a_clean_end(server, cache):
+    routes, base = server
+    routes["/plain/model.pth"] = (b"z" * 5000, "no-length")
+    path = sources.download(base + "/plain/model.pth")
+    assert open(path, "rb").read() == b"z" * 5000
+    assert _all_files(cache) == [os.path.relpath(path, cache)]
+
+
+@pytest.mark.parametrize("mode, words", [
+    ("short", "stopped after 200000 of 400000 bytes"),
+    ("chunked-cut", "IncompleteRead"),
+    ("reset", "Connection reset by peer"),
+])
+def test_broken_downloads_are_one_line_errors_naming_the_url(server, cache, mode, words):
+    routes, base = server
+    routes["/broken/model.pth"] = (b"q" * 200_000, mode)
+    url = base + "/broken/model.pth"
+    with pytest.raises(CheckpointError) as info:
+        sources.download(url)
+    message = str(info.value)
+    assert "\n" not in message and url in message and words in message
+    assert _all_files(cache) == []  # no partial file, no temporary file
+
+
+def test_a_truncated_download_that_looked_complete_is_removed_when_read(server, cache):
+    """No length and no hash: the cut cannot be seen while downloading, so the reader's
+    refusal removes the cached file and the next run downloads it again."""
+    pytest.importorskip("torch")
+    routes, base = server
+    data = open(os.path.join(TIMM, DISTILLED + ".pth"), "rb").read()
+    routes["/cut/micro.pth"] = (data[: len(data) // 2], "no-length")
+    url = base + "/cut/micro.pth"
+    with pytest.raises(CheckpointError, match="now removed: run again to download it afresh"):
+        kd.DeiTPreTrainedModel.from_pretrained(url, num_attention_heads=3)
+    assert _all_files(cache) == []
+    routes["/cut/micro.pth"] = (data, "no-length")
+    model = kd.DeiTPreTrainedModel.from_pretrained(url, num_attention_heads=3)
+    assert model.loading_info.source == sources.cache_path(url)
+
+
+def test_a_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(sources.CACHE_ENV, str(blocker))
+    with pytest.raises(CheckpointError) as info:
+        sources.download("https://example.invalid/deit/model.pth",
+                         opener=lambda url: pytest.fail("must not download"))
+    assert f"{blocker} is a file, not a folder" in str(info.value)
+    assert sources.CACHE_ENV in str(info.value)
+
+
+def test_stale_temporary_files_of_killed_downloads_are_removed(tmp_path):
+    from conversion import atomic
+
+    dest = tmp_path / "model.pth"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".model.pth.tmp-{dead}-00ff.part"
+    live = tmp_path / f".model.pth.tmp-{os.getppid()}-00ff.part"  # a running process's
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"being written")
+    assert atomic.remove_stale(str(dest), ".part") == [stale.name]
+    assert live.exists() and not stale.exists()
