@@ -4,8 +4,8 @@ against the size of its weights, before Keras builds anything.
 Keras builds the whole model from the archive's `config.json` before it reads a weight, so a
 config that lies (`hidden_size: 3000000` beside a 1 MB weights file) would allocate gigabytes.
 The zip directory gives the weights file's size without reading it; a DeiT config whose
-encoder alone needs more bytes than that (at one byte per parameter, the smallest any
-quantized layout stores) is refused.
+encoder alone needs more bytes than that (at half a byte per parameter, what int4
+quantization stores) is refused.
 """
 
 import json
@@ -70,12 +70,12 @@ def _check_deit_config(path):
         config = DeiTConfig.from_dict(deit)
     except ConfigError as e:
         raise ConfigError(f"{path}: its config.json: {e}") from None
-    needed = min_parameters(config)
+    needed = (min_parameters(config) + 1) // 2  # int4 packs two parameters in a byte
     if needed > weights_bytes:
         raise ValueError(
             f"{path} is refused before building: its config (hidden_size={config.hidden_size}, "
             f"num_hidden_layers={config.num_hidden_layers}, intermediate_size="
-            f"{config.intermediate_size}) needs at least {needed:,} parameters but its weights "
-            f"file holds {weights_bytes:,} bytes; the archive was edited or is corrupt: save "
+            f"{config.intermediate_size}) needs at least {needed:,} bytes of weights but its "
+            f"weights file holds {weights_bytes:,} bytes; the archive was edited or is corrupt: save "
             "or convert it again."
         )
