@@ -18,7 +18,10 @@ from keras import ops
 from keras_deit.losses import (
     _weighted_mean,
     as_logits_loss,
+    check_classification_labels,
     classification_loss,
+    dataset_spec,
+    is_dataset,
     resolve_problem_type,
     softmax_cross_entropy,
 )
@@ -364,8 +367,14 @@ class DeiTDistiller(keras.Model):
         if isinstance(validation_data, (tuple, list)) and validation_data:
             self._check_data(validation_data[0],
                              validation_data[1] if len(validation_data) > 1 else None)
-        if x is None or (not isinstance(x, dict) and not hasattr(x, "shape")):
-            return  # Datasets and generators: checked inside the step (shapes only).
+        elif is_dataset(validation_data):
+            self._check_data(validation_data)
+        spec = is_dataset(x)
+        if spec:
+            # Shapes and dtypes only, from the dataset's spec: a spec has no values to read.
+            x, y = dataset_spec(x)
+        elif x is None or (not isinstance(x, dict) and not hasattr(x, "shape")):
+            return  # Generators and PyDatasets: checked inside the step (shapes only).
         if isinstance(x, dict) and "pixel_values" not in x:
             raise ValueError(
                 "DeiTDistiller takes images, or a dict with 'pixel_values' (and optionally "
@@ -378,8 +387,6 @@ class DeiTDistiller(keras.Model):
                 "DeiTDistiller trains on labels: call `fit(images, labels)`. Received: y=None."
             )
         if hasattr(y, "shape") and not isinstance(y, dict):
-            from keras_deit.losses import check_classification_labels
-
             problem_type = getattr(getattr(self.student, "config", None), "problem_type", None)
             if self._has_compiled_loss:
                 problem_type = problem_type or "single_label_classification"
@@ -398,8 +405,9 @@ class DeiTDistiller(keras.Model):
             self._check_teacher_classes(shape[-1], "teacher_logits")
         elif self.teacher is None:
             self.teacher_logits(x)  # Raises, naming the fix.
-        elif self._teacher_classes is None:
-            # A teacher that could not be traced symbolically: one image, eagerly.
+        elif self._teacher_classes is None and not spec:
+            # A teacher that could not be traced symbolically: one image, eagerly (a dataset's
+            # spec has no image to run: the step checks its class count).
             logits = self.teacher_logits(_slice(images))
             self._teacher_classes = int(logits.shape[-1])
             self._check_teacher_classes(self._teacher_classes, "the teacher's output")

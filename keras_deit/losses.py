@@ -184,15 +184,42 @@ def check_classification_labels(labels, num_labels, problem_type=None, batch_siz
 
 
 def _concrete_values(x):
-    """A numpy copy of `x` when it holds values now (not a symbolic or traced tensor)."""
+    """A numpy copy of `x` when it holds values now (not a symbolic or traced tensor, nor a
+    spec such as a dataset's `tf.TensorSpec`); None otherwise."""
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, keras.KerasTensor) or not hasattr(x, "shape"):
         return None
     try:
-        return np.asarray(keras.ops.convert_to_numpy(x))
+        values = np.asarray(keras.ops.convert_to_numpy(x))
     except Exception:  # A tf.function / jax tracer: shape checks only.
         return None
+    # numpy wraps what it cannot read (a `tf.TensorSpec`) in a 0-d object array, which has no
+    # values to compare: shape checks only.
+    if values.dtype == object or values.shape != tuple(x.shape):
+        return None
+    return values
+
+
+def is_dataset(x):
+    """Whether `x` is a `tf.data.Dataset` (checked without importing TensorFlow)."""
+    return hasattr(x, "element_spec") and type(x).__module__.startswith("tensorflow")
+
+
+def dataset_spec(dataset):
+    """The (inputs, targets) specs of a `tf.data.Dataset`'s elements, for checks before `fit`.
+
+    An element is `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, as Keras reads it; `x` may
+    be a dict. The specs (`tf.TensorSpec`) have a `shape` with `None` for unknown sizes (the
+    batch) and a `dtype`, but no values: the checks that read values skip them.
+
+    Returns:
+        (x_spec, y_spec), y_spec None when the elements carry no targets.
+    """
+    spec = dataset.element_spec
+    if isinstance(spec, tuple):
+        return spec[0], spec[1] if len(spec) > 1 else None
+    return spec, None
 
 
 def _weighted_mean(per_sample, sample_weight):
