@@ -19,6 +19,7 @@ from keras_deit.losses import (
     dataset_spec,
     is_dataset,
     masked_image_modeling_loss,
+    warn_float_rows_read_as_multi_label,
 )
 from keras_deit.layers import (
     DeiTEmbeddings,
@@ -607,10 +608,13 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         """The transformers loss for `config.problem_type` on `logits`.
 
         None -> `num_labels == 1`: MSE; integer labels: softmax cross-entropy; float labels:
-        sigmoid cross-entropy (multi-label). See `losses.classification_loss`.
+        sigmoid cross-entropy (multi-label), with a one-time warning naming
+        problem_type="single_label_classification" for soft targets. See
+        `losses.classification_loss`.
         """
         if y is None:
             self._check_labels(x, y)  # Names the fix.
+        warn_float_rows_read_as_multi_label(self, y)
         return classification_loss(y, y_pred["logits"], self.config.problem_type, sample_weight)
 
     def _check_targets(self, x, y):
@@ -700,6 +704,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         """
         if y is None:
             self._check_labels(x, y)  # Names the fix.
+        warn_float_rows_read_as_multi_label(self, y)
         problem_type = self.config.problem_type
         cls_loss = classification_loss(y, y_pred["cls_logits"], problem_type, sample_weight)
         distillation_loss = classification_loss(
