@@ -43,7 +43,10 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert abs(rate(10_000) - 1e-5) < 1e-9  # stays at the end rate
     # deit's own curve (timm, per epoch) over its 300 epochs, at batch 512.
     deit = deit_learning_rate_schedule(batch_size=512, steps_per_epoch=1, epochs=300)
-    gap = max(abs(float(to_numpy(deit(e))) - timm_cosine(e)) for e in range(300))
+    # Every 10th epoch and the end of the warmup: a call per step of all 300 costs a minute of
+    # dispatch on JAX (a schedule takes one step at a time).
+    epochs = sorted(set(range(0, 300, 10)) | {4, 5, 6})
+    gap = max(abs(float(to_numpy(deit(e))) - timm_cosine(e)) for e in epochs)
     assert gap < 0.015 * 5e-4
 
 
