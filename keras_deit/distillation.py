@@ -18,12 +18,19 @@ from keras import ops
 from keras_deit.losses import (
     _weighted_mean,
     as_logits_loss,
+    check_classification_labels,
     classification_loss,
+    dataset_spec,
+    is_dataset,
     resolve_problem_type,
     softmax_cross_entropy,
 )
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
+# The student is a single-label classifier (softmax heads, see `_check_student`), so float label
+# rows are soft targets (mixup, cutmix, label smoothing), as deit's SoftTargetCrossEntropy reads
+# them, never multi-label targets.
+_PROBLEM_TYPE = "single_label_classification"
 SOFT_NORMALIZATIONS = ("deit", "timm")
 
 
@@ -75,14 +82,14 @@ def hard_distillation_loss(student_logits, teacher_logits, sample_weight=None):
 
 def distillation_loss(labels, cls_logits, distillation_logits, teacher_logits=None,
                       distillation_type="hard", alpha=0.5, tau=1.0, soft_normalization="deit",
-                      problem_type=None, sample_weight=None):
+                      problem_type=_PROBLEM_TYPE, sample_weight=None):
     """DeiT's total training loss (facebookresearch/deit `DistillationLoss`).
 
     `"none"`: the label loss of the class head alone (deit returns its base loss of the class
     output, and the distillation head gets no gradient); `"soft"` / `"hard"`:
     `(1 - alpha) * base + alpha * KD`, see `soft_distillation_loss`, `hard_distillation_loss`.
-    The base loss is `losses.classification_loss` (integer ids: cross-entropy; float rows with
-    problem_type="single_label_classification": soft targets, for mixup / label smoothing).
+    The base loss is `losses.classification_loss`, single-label by default (integer ids:
+    cross-entropy; float rows (batch, classes): soft targets, for mixup / label smoothing).
 
     Args:
         labels: (batch,) class ids or (batch, classes) soft targets.
@@ -92,7 +99,8 @@ def distillation_loss(labels, cls_logits, distillation_logits, teacher_logits=No
         alpha: float in [0, 1], the weight of the distillation term.
         tau: float > 0, the soft-distillation temperature.
         soft_normalization: "deit" or "timm", see `soft_distillation_loss`.
-        problem_type: the student's `config.problem_type` (None: from the labels).
+        problem_type: the base loss's problem type ("single_label_classification"; None
+            applies transformers' rule, which reads float rows as multi-label targets).
         sample_weight: optional (batch,) weights.
 
     Returns:
@@ -308,8 +316,7 @@ class DeiTDistiller(keras.Model):
         if self._base_criterion is not None:
             base = ops.cast(self._base_criterion(y, cls_logits, sample_weight), "float32")
         else:
-            problem_type = getattr(getattr(self.student, "config", None), "problem_type", None)
-            base = classification_loss(y, cls_logits, problem_type, sample_weight)
+            base = classification_loss(y, cls_logits, _PROBLEM_TYPE, sample_weight)
         teacher_logits = None
         # Keras' first symbolic pass only builds state: the teacher need not run there (and a
         # plain-function teacher could not take symbolic tensors).
@@ -364,8 +371,14 @@ class DeiTDistiller(keras.Model):
         if isinstance(validation_data, (tuple, list)) and validation_data:
             self._check_data(validation_data[0],
                              validation_data[1] if len(validation_data) > 1 else None)
-        if x is None or (not isinstance(x, dict) and not hasattr(x, "shape")):
-            return  # Datasets and generators: checked inside the step (shapes only).
+        elif is_dataset(validation_data):
+            self._check_data(validation_data)
+        spec = is_dataset(x)
+        if spec:
+            # Shapes and dtypes only, from the dataset's spec: a spec has no values to read.
+            x, y = dataset_spec(x)
+        elif x is None or (not isinstance(x, dict) and not hasattr(x, "shape")):
+            return  # Generators and PyDatasets: checked inside the step (shapes only).
         if isinstance(x, dict) and "pixel_values" not in x:
             raise ValueError(
                 "DeiTDistiller takes images, or a dict with 'pixel_values' (and optionally "
@@ -378,12 +391,7 @@ class DeiTDistiller(keras.Model):
                 "DeiTDistiller trains on labels: call `fit(images, labels)`. Received: y=None."
             )
         if hasattr(y, "shape") and not isinstance(y, dict):
-            from keras_deit.losses import check_classification_labels
-
-            problem_type = getattr(getattr(self.student, "config", None), "problem_type", None)
-            if self._has_compiled_loss:
-                problem_type = problem_type or "single_label_classification"
-            check_classification_labels(y, self.num_labels, problem_type,
+            check_classification_labels(y, self.num_labels, _PROBLEM_TYPE,
                                         batch_size=tuple(images.shape)[0])
         if self.distillation_type == "none":
             return
@@ -398,8 +406,9 @@ class DeiTDistiller(keras.Model):
             self._check_teacher_classes(shape[-1], "teacher_logits")
         elif self.teacher is None:
             self.teacher_logits(x)  # Raises, naming the fix.
-        elif self._teacher_classes is None:
-            # A teacher that could not be traced symbolically: one image, eagerly.
+        elif self._teacher_classes is None and not spec:
+            # A teacher that could not be traced symbolically: one image, eagerly (a dataset's
+            # spec has no image to run: the step checks its class count).
             logits = self.teacher_logits(_slice(images))
             self._teacher_classes = int(logits.shape[-1])
             self._check_teacher_classes(self._teacher_classes, "the teacher's output")

@@ -80,6 +80,46 @@ def resolve_problem_type(problem_type, num_labels, labels_dtype):
     return "multi_label_classification"
 
 
+def reads_float_rows_as_multi_label(problem_type, num_labels, labels_dtype):
+    """Whether transformers' rule (`problem_type` unset) takes these labels as multi-label
+    targets only because they are floats: rows that may as well be soft targets (mixup, cutmix,
+    label smoothing), which single-label training reads with softmax cross-entropy.
+
+    Bool labels are multi-hot by nature and give False, as do integer ids and regression.
+    """
+    dtype = keras.backend.standardize_dtype(labels_dtype)
+    return (problem_type is None and dtype != "bool"
+            and resolve_problem_type(None, num_labels, dtype) == "multi_label_classification")
+
+
+def warn_float_rows_read_as_multi_label(owner, labels):
+    """Warns once per `owner` (a model) when `reads_float_rows_as_multi_label` holds for its
+    `config` and `labels`, naming both ways to say what the rows are.
+
+    Args:
+        owner: a model with a `config` (`problem_type`, `num_labels`); it records the warning.
+        labels: the targets (anything with a `dtype`), or None.
+    """
+    config = owner.config
+    if (getattr(owner, "_warned_float_rows", False) or labels is None
+            or not hasattr(labels, "dtype")
+            or not reads_float_rows_as_multi_label(config.problem_type, config.num_labels,
+                                                   labels.dtype)):
+        return
+    owner._warned_float_rows = True
+    warnings.warn(
+        f"{type(owner).__name__} got float labels of shape {tuple(labels.shape)} and its "
+        "problem_type is unset, so it trains as a multi-label classifier (sigmoid "
+        "cross-entropy), as transformers does. For soft targets (mixup, cutmix, label "
+        "smoothing) set problem_type='single_label_classification' (softmax cross-entropy); "
+        "for multi-label targets set problem_type='multi_label_classification' to silence "
+        "this warning. Set it in the config before compiling, e.g. "
+        "`model.config.problem_type = ...` or `config.replace(problem_type=...)`.",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
 def check_classification_labels(labels, num_labels, problem_type=None, batch_size=None,
                                 check_values=True):
     """Raises a `ValueError` naming the problem and the fix when `labels` cannot train the head.
@@ -184,15 +224,42 @@ def check_classification_labels(labels, num_labels, problem_type=None, batch_siz
 
 
 def _concrete_values(x):
-    """A numpy copy of `x` when it holds values now (not a symbolic or traced tensor)."""
+    """A numpy copy of `x` when it holds values now (not a symbolic or traced tensor, nor a
+    spec such as a dataset's `tf.TensorSpec`); None otherwise."""
     if isinstance(x, np.ndarray):
         return x
     if isinstance(x, keras.KerasTensor) or not hasattr(x, "shape"):
         return None
     try:
-        return np.asarray(keras.ops.convert_to_numpy(x))
+        values = np.asarray(keras.ops.convert_to_numpy(x))
     except Exception:  # A tf.function / jax tracer: shape checks only.
         return None
+    # numpy wraps what it cannot read (a `tf.TensorSpec`) in a 0-d object array, which has no
+    # values to compare: shape checks only.
+    if values.dtype == object or values.shape != tuple(x.shape):
+        return None
+    return values
+
+
+def is_dataset(x):
+    """Whether `x` is a `tf.data.Dataset` (checked without importing TensorFlow)."""
+    return hasattr(x, "element_spec") and type(x).__module__.startswith("tensorflow")
+
+
+def dataset_spec(dataset):
+    """The (inputs, targets) specs of a `tf.data.Dataset`'s elements, for checks before `fit`.
+
+    An element is `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, as Keras reads it; `x` may
+    be a dict. The specs (`tf.TensorSpec`) have a `shape` with `None` for unknown sizes (the
+    batch) and a `dtype`, but no values: the checks that read values skip them.
+
+    Returns:
+        (x_spec, y_spec), y_spec None when the elements carry no targets.
+    """
+    spec = dataset.element_spec
+    if isinstance(spec, tuple):
+        return spec[0], spec[1] if len(spec) > 1 else None
+    return spec, None
 
 
 def _weighted_mean(per_sample, sample_weight):

@@ -17,7 +17,10 @@ from keras_deit.losses import (
     as_logits_loss,
     check_classification_labels,
     classification_loss,
+    dataset_spec,
+    is_dataset,
     masked_image_modeling_loss,
+    warn_float_rows_read_as_multi_label,
 )
 from keras_deit.layers import (
     DeiTEmbeddings,
@@ -275,15 +278,16 @@ class DeiTPreTrainedModel(keras.Model):
                 "`model.compile(optimizer, loss=...)`, or train a task model "
                 "(DeiTForImageClassification, DeiTForMaskedImageModeling, ...)."
             )
-        if _is_dataset(x):
-            # Shapes and dtypes only, from the dataset's spec.
-            spec = x.element_spec
-            x, y = (spec[0], spec[1]) if isinstance(spec, tuple) and len(spec) > 1 else (spec, None)
+        if is_dataset(x):
+            # Shapes and dtypes only, from the dataset's spec: a spec has no values to read.
+            x, y = dataset_spec(x)
             self._check_inputs(x)
         elif x is not None and not isinstance(x, dict) and not hasattr(x, "shape"):
             return  # Generators and PyDatasets are checked inside the step.
         self._check_targets(x, y)
         validation = arguments.get("validation_data")
+        if is_dataset(validation):
+            validation = dataset_spec(validation)
         if isinstance(validation, (tuple, list)) and validation:
             self._check_inputs(validation[0])
             self._check_targets(validation[0], validation[1] if len(validation) > 1 else None)
@@ -399,11 +403,6 @@ def _dict_keys(*specs):
         if isinstance(spec, dict):
             keys.extend(key for key in spec if key not in keys)
     return tuple(keys) or None
-
-
-def _is_dataset(x):
-    """A `tf.data.Dataset` (checked without importing TensorFlow)."""
-    return hasattr(x, "element_spec") and type(x).__module__.startswith("tensorflow")
 
 
 def _check_options(data_format):
@@ -692,10 +691,13 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         """The transformers loss for `config.problem_type` on `logits`.
 
         None -> `num_labels == 1`: MSE; integer labels: softmax cross-entropy; float labels:
-        sigmoid cross-entropy (multi-label). See `losses.classification_loss`.
+        sigmoid cross-entropy (multi-label), with a one-time warning naming
+        problem_type="single_label_classification" for soft targets. See
+        `losses.classification_loss`.
         """
         if y is None:
             self._check_labels(x, y)  # Names the fix.
+        warn_float_rows_read_as_multi_label(self, y)
         return classification_loss(y, y_pred["logits"], self.config.problem_type, sample_weight)
 
     def _check_targets(self, x, y):
@@ -790,6 +792,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         """
         if y is None:
             self._check_labels(x, y)  # Names the fix.
+        warn_float_rows_read_as_multi_label(self, y)
         problem_type = self.config.problem_type
         cls_loss = classification_loss(y, y_pred["cls_logits"], problem_type, sample_weight)
         distillation_loss = classification_loss(

@@ -214,6 +214,23 @@ def test_precomputed_logits_and_plain_callable_teachers():
     distiller.fit(images, labels, epochs=1, verbose=0)
 
 
+def test_soft_targets_are_single_label_for_the_distiller():
+    # mixup / cutmix / smoothed rows: deit's SoftTargetCrossEntropy, whatever problem_type says.
+    student = kd.DeiTForImageClassificationWithTeacher(small_config())
+    images, labels = data()
+    targets = (np.eye(5)[labels] * 0.9 + 0.02).astype("float32")
+    teacher_logits = np.random.RandomState(3).randn(8, 5).astype("float32")
+    distiller = DeiTDistiller(student, distillation_type="soft")
+    distiller.compile(keras.optimizers.Adam(1e-2))
+    inputs = {"pixel_values": images, "teacher_logits": teacher_logits}
+    out = student(images)
+    base = -np.mean((targets * np_log_softmax(to_numpy(out["cls_logits"]))).sum(-1))
+    result = distiller.evaluate(inputs, targets, batch_size=8, verbose=0, return_dict=True)
+    assert abs(result["base_loss"] - base) < 1e-5
+    history = distiller.fit(inputs, targets, batch_size=8, epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+
+
 # ---- bad input, before any step ----------------------------------------------------------------
 def test_teacher_with_other_classes_is_refused():
     student = kd.DeiTForImageClassificationWithTeacher(small_config())

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -97,6 +98,64 @@ def test_fit_evaluate_predict_with_an_optimizer_alone(cls):
         assert max_abs_diff(model.get_layer(name).kernel, before) > 0, name
     predicted = model.predict(images, verbose=0)
     assert max_abs_diff(predicted["logits"], model(images)["logits"]) < 1e-5
+
+
+def soft_targets(n=8):
+    """Label-smoothed rows mixed with the next ones, as mixup / cutmix produce them."""
+    onehot = np.eye(5, dtype="float32")[np.arange(n) % 5]
+    smoothed = onehot * 0.9 + 0.02
+    return 0.7 * smoothed + 0.3 * np.roll(smoothed, 1, axis=0)
+
+
+def float_row_warnings(caught):
+    return [w for w in caught if "problem_type is unset" in str(w.message)]
+
+
+@pytest.mark.parametrize("cls", HEADS, ids=lambda c: c.__name__)
+def test_soft_targets_train_with_softmax_cross_entropy(cls):
+    images, targets = batch()[0], soft_targets()
+    model = cls(small_config(problem_type="single_label_classification"))
+    model.compile(keras.optimizers.Adam(1e-2))
+    reference = np.mean([float(-np.mean((targets * np_log_softmax(z)).sum(-1)))
+                         for z in head_outputs(model, images)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = model.evaluate(images, targets, batch_size=8, verbose=0)
+        history = model.fit(images, targets, batch_size=8, epochs=3, verbose=0).history["loss"]
+    assert abs(loss - reference) < 1e-5
+    assert history[-1] < history[0]
+    assert not float_row_warnings(caught)
+
+
+@pytest.mark.parametrize("cls", HEADS, ids=lambda c: c.__name__)
+def test_float_rows_without_problem_type_warn_once_per_model(cls):
+    images, targets = batch()[0], soft_targets()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = cls(small_config())
+        model.compile(keras.optimizers.Adam(1e-2))
+        reference = np.mean([np_bce(z, targets) for z in head_outputs(model, images)])
+        loss = model.evaluate(images, targets, batch_size=8, verbose=0)
+        model.fit(images, targets, batch_size=4, epochs=2, verbose=0)
+        model.evaluate(images, targets, batch_size=4, verbose=0)
+    # transformers' rule stands (sigmoid cross-entropy), and says so once, naming both options.
+    assert abs(loss - reference) < 1e-5
+    [warning] = float_row_warnings(caught)
+    message = str(warning.message)
+    assert "problem_type='single_label_classification'" in message
+    assert "problem_type='multi_label_classification'" in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other = cls(small_config())
+        other.compile("adam")
+        other.evaluate(images, targets, batch_size=8, verbose=0)  # Another model: again.
+        multi = cls(small_config(problem_type="multi_label_classification"))
+        multi.compile("adam")
+        multi.evaluate(images, targets, batch_size=8, verbose=0)  # Said what they are: silent.
+        multi_hot = cls(small_config())
+        multi_hot.compile("adam")
+        multi_hot.evaluate(images, targets > 0.5, batch_size=8, verbose=0)  # bool: multi-hot.
+    assert len(float_row_warnings(caught)) == 1
 
 
 @pytest.mark.parametrize("cls", HEADS, ids=lambda c: c.__name__)
