@@ -52,7 +52,7 @@ def child(sizes, batches, seconds, train):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", required=True, help="the git revision to compare with")
+    parser.add_argument("--against", help="the git revision to compare with (required)")
     parser.add_argument("--backends", default="tensorflow,jax,torch", type=lambda s: s.split(","))
     parser.add_argument("--sizes", default="tiny,base", type=lambda s: s.split(","))
     parser.add_argument("--batches", default="1,8",
@@ -64,6 +64,8 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args.sizes, args.batches, args.seconds, args.train)
+    if not args.against:
+        parser.error("--against REVISION is required")
 
     root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
                           text=True, check=True).stdout.strip()
@@ -81,8 +83,11 @@ def main():
                                "--batches", ",".join(map(str, args.batches)),
                                "--seconds", str(args.seconds)] + (["--train"] * args.train)
                     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=tree)
-                    out = subprocess.run(command, env=env, capture_output=True, text=True,
-                                         check=True, cwd=tree).stdout
+                    process = subprocess.run(command, env=env, capture_output=True, text=True,
+                                             cwd=tree)
+                    if process.returncode:
+                        sys.exit(f"{label} child on {backend} failed: {process.stderr[-2000:]}")
+                    out = process.stdout
                     report = json.loads(out.strip().splitlines()[-1])
                     assert report["file"].startswith(tree), report["file"]
                     for cell, rate in report["results"].items():

@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from conversion import atomic
+from keras_deit import atomic
 from conversion.readers import CheckpointError
 from keras_deit.models import MODEL_CLASSES
 
@@ -142,7 +142,7 @@ def write_atomically(model, output):
     """Saves `model` to `output` (`.keras`: whole model; `.weights.h5`: weights) via a hidden
     temporary file in the same folder and `os.replace`, so `output` is either complete or
     untouched; the temporary file is removed on failure and on SIGTERM, and leftovers of
-    killed earlier runs on the next run (`conversion.atomic`)."""
+    killed earlier runs on the next run (`keras_deit.atomic`)."""
     suffix = next(s for s in OUTPUT_SUFFIXES if output.endswith(s))
     # Keras picks the format from the suffix, so the temporary file keeps it.
     with atomic.temporary_path(output, suffix) as tmp:

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from conversion import atomic
+from keras_deit import atomic
 from conversion.progress import Progress
 from conversion.readers import CheckpointError
 
@@ -147,7 +147,7 @@ def download(url, cache=None, sha256_prefix=None, progress=True, opener=None):
     temporary file beside its destination and moved into place only after a clean end of the
     stream, with as many bytes as the server announced, and, when a hash prefix is known,
     verified; a failed or interrupted download leaves nothing behind (see
-    `conversion.atomic`). A file already in the cache is reused after the same hash check (it
+    `keras_deit.atomic`). A file already in the cache is reused after the same hash check (it
     may have been placed there by hand, as the offline error message suggests).
 
     Args:

@@ -64,6 +64,7 @@ Dependencies, imported only when used: `tensorflow` (SavedModel, TFLite), `ai-ed
 import argparse
 import contextlib
 import dataclasses
+import errno
 import importlib.util
 import io
 import json
@@ -72,9 +73,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import warnings
 
 import numpy as np
+
+from keras_deit import atomic
 
 __all__ = [
     "FORMATS", "QUANTIZATIONS", "TOLERANCES", "ExportError", "MissingDependencyError",
@@ -277,41 +282,45 @@ def export_models(model, requests, *, preprocessing=None, input_size=None, overw
                              else _check_verification_data(verification_data, job["spec"]))
 
     stages = []
+    # Each artifact is staged in a hidden folder beside its output, named after this process:
+    # removed when the export ends (an error or SIGTERM included), and by the next export
+    # when a SIGKILL left it behind.
     try:
-        for job in jobs:
-            folder = os.path.dirname(os.path.abspath(job["output"]))
-            stages.append(tempfile.mkdtemp(
-                dir=folder, prefix=f".{os.path.basename(job['output'])}.export-"))
-            job["path"] = os.path.join(stages[-1], os.path.basename(job["output"]))
-            if verify and preprocessing is not None:
-                # The builder preprocesses the verification images too (see Verification).
-                job["data_path"] = os.path.join(stages[-1], ".export-images.npy")
-                job["pixels_path"] = os.path.join(stages[-1], ".export-pixel_values.npy")
-                np.save(job["data_path"], data[json.dumps(job["spec"])])
-        for builder in sorted({_BUILDER_BACKEND[job["format"]] for job in jobs}):
-            group = [job for job in jobs if _BUILDER_BACKEND[job["format"]] == builder]
-            if backend == builder:
-                for job in group:
-                    _build_artifact(model, preprocessing, job)
-                    job["built_by"], job["in_process"] = f"{builder} (this process)", True
-            else:
-                _build_in_child(model, preprocessing, group, builder, stages[0])
-                for job in group:
-                    job["built_by"] = f"{builder} (child process, rebuilt from the {backend} model)"
-                    job["in_process"] = False
-        results = []
-        for job in jobs:
-            reference = None
-            if verify:
-                inputs = data[json.dumps(job["spec"])]
-                reference = (inputs, *_reference(model, preprocessing, inputs, job))
-            results.append(_inspect(job, reference, backend))
-        for job, stage in zip(jobs, stages):
-            _move_into_place(job["path"], job["output"], overwrite, stage)
-        return results
-    finally:
-        for stage in stages:
-            shutil.rmtree(stage, ignore_errors=True)
+        with contextlib.ExitStack() as staging:
+            for job in jobs:
+                stages.append(staging.enter_context(atomic.temporary_path(job["output"], ".export")))
+                os.mkdir(stages[-1])
+                job["path"] = os.path.join(stages[-1], os.path.basename(job["output"]))
+                if verify and preprocessing is not None:
+                    # The builder preprocesses the verification images too (see Verification).
+                    job["data_path"] = os.path.join(stages[-1], ".export-images.npy")
+                    job["pixels_path"] = os.path.join(stages[-1], ".export-pixel_values.npy")
+                    np.save(job["data_path"], data[json.dumps(job["spec"])])
+            for builder in sorted({_BUILDER_BACKEND[job["format"]] for job in jobs}):
+                group = [job for job in jobs if _BUILDER_BACKEND[job["format"]] == builder]
+                if backend == builder:
+                    for job in group:
+                        _build_artifact(model, preprocessing, job)
+                        job["built_by"], job["in_process"] = f"{builder} (this process)", True
+                else:
+                    _build_in_child(model, preprocessing, group, builder, stages[0])
+                    for job in group:
+                        job["built_by"] = f"{builder} (child process, rebuilt from the {backend} model)"
+                        job["in_process"] = False
+            results = []
+            for job in jobs:
+                reference = None
+                if verify:
+                    inputs = data[json.dumps(job["spec"])]
+                    reference = (inputs, *_reference(model, preprocessing, inputs, job))
+                results.append(_inspect(job, reference, backend))
+            for job, stage in zip(jobs, stages):
+                _move_into_place(job["path"], job["output"], overwrite, stage)
+            return results
+    except Exception as e:
+        if _is_disk_full(e):
+            raise ExportError(_disk_full_message(jobs[0]["output"])) from None
+        raise
 
 
 def _reference(model, preprocessing, inputs, job):
@@ -701,7 +710,7 @@ def _build_in_child(model, preprocessing, jobs, backend, stage):
     with open(request_path, "w", encoding="utf-8") as f:
         json.dump(request, f)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, KERAS_BACKEND=backend)
+    env = dict(os.environ, KERAS_BACKEND=backend, KERAS_DEIT_EXPORT_PARENT=str(os.getpid()))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     process = subprocess.run(
@@ -725,10 +734,27 @@ def _build_in_child(model, preprocessing, jobs, backend, stage):
                           f"file(s): {message}")
 
 
+def _exit_with_parent():
+    """Ends this child process when its parent is gone (killed, even by SIGKILL): an
+    orphaned worker would build on for nothing. SIGTERM to the parent kills the child
+    directly (`subprocess.run` does on any exception). The parent names itself in
+    `KERAS_DEIT_EXPORT_PARENT`: a parent killed while this child was still importing Keras is
+    caught too."""
+    parent = int(os.environ.get("KERAS_DEIT_EXPORT_PARENT") or os.getppid())
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker(request_path, response_path):
     """The child: rebuilds the model from the request and writes the artifact."""
     import keras
 
+    _exit_with_parent()
     try:
         with open(request_path, encoding="utf-8") as f:
             request = json.load(f)
@@ -740,6 +766,8 @@ def _worker(request_path, response_path):
             _build_artifact(model, preprocessing, job)
         response = {"error": None}
     except Exception as e:  # Reported to the parent, which raises it there.
+        if _is_disk_full(e):
+            e = ExportError(_disk_full_message(request_path))
         response = {"error": {"type": type(e).__name__, "message": str(e) or type(e).__name__}}
     with open(response_path, "w", encoding="utf-8") as f:
         json.dump(response, f)
@@ -960,6 +988,18 @@ def sample_photos(count=8, size=(224, 224), seed=0):
 
 
 # ---- files ------------------------------------------------------------------------------------
+def _is_disk_full(error):
+    """ENOSPC, raised as OSError by Python or as TensorFlow's own error with that text."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(
+        error)
+
+
+def _disk_full_message(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    return (f"the disk of {folder} filled up during the export; nothing was written: free "
+            "some space and export again")
+
+
 def _move_into_place(artifact, output, overwrite, stage):
     """Renames `artifact` to `output`; an existing output is moved into `stage`, restored on
     failure, and deleted with the stage."""

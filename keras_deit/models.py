@@ -6,11 +6,14 @@ are dicts keyed by the transformers names (`last_hidden_state`, `logits`, ...).
 """
 
 import inspect
+import os
+import re
 
 import keras
+import numpy as np
 from keras import ops
 
-from keras_deit import keras_native
+from keras_deit import atomic, keras_native
 from keras_deit.config import DeiTConfig
 from keras_deit.losses import (
     _is_integer_dtype,
@@ -366,6 +369,30 @@ class DeiTPreTrainedModel(keras.Model):
             device_mesh, model_parallel_dim_name, data_parallel_dim_name
         )
 
+    # ---- saving ---------------------------------------------------------------------------
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """`keras.Model.save`, written atomically: a killed or failed save (a full disk among
+        them, checked before writing) leaves any previous file as it was and no partial one."""
+        if zipped is False or not isinstance(filepath, (str, os.PathLike)):
+            return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        with atomic.replacing(filepath, overwrite, self._saved_bytes()) as tmp:
+            super().save(tmp, overwrite=True, zipped=zipped, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """`keras.Model.save_weights`, written atomically as `save`."""
+        if max_shard_size is not None or not isinstance(filepath, (str, os.PathLike)):
+            return super().save_weights(filepath, overwrite=overwrite,
+                                        max_shard_size=max_shard_size)
+        with atomic.replacing(filepath, overwrite, self._saved_bytes()) as tmp:
+            super().save_weights(tmp, overwrite=True)
+
+    def _saved_bytes(self):
+        """About the size of the saved weights (and optimizer state), plus 1 MiB of headroom."""
+        variables = list(self.weights)
+        if getattr(self, "optimizer", None) is not None and self.optimizer.built:
+            variables += list(self.optimizer.variables)
+        return sum(int(np.prod(v.shape)) * _itemsize(v.dtype) for v in variables) + 2**20
+
     # ---- serialization --------------------------------------------------------------------
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
@@ -394,6 +421,12 @@ class DeiTPreTrainedModel(keras.Model):
         # Last: quantization locks the model's attributes.
         if self._pending_quantization is not None:
             self.quantize(self._pending_quantization)
+
+
+def _itemsize(dtype):
+    """Bytes per element of a Keras dtype name (bfloat16 and float8 included; at least 1)."""
+    bits = re.search(r"\d+", keras.backend.standardize_dtype(dtype))
+    return max(int(bits[0]) // 8, 1) if bits else 1
 
 
 def _dict_keys(*specs):

@@ -402,7 +402,7 @@ def test_a_cache_that_is_a_file_is_named(tmp_path, monkeypatch):
 
 
 def test_stale_temporary_files_of_killed_downloads_are_removed(tmp_path):
-    from conversion import atomic
+    from keras_deit import atomic
 
     dest = tmp_path / "model.pth"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

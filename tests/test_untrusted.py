@@ -158,6 +158,19 @@ def test_safetensors_header_lies_are_refused(case, tmp_path):
         read_safetensors_header(path)
 
 
+@pytest.mark.parametrize("case", sorted(HEADER_CASES))
+def test_the_reference_library_refuses_the_same_headers(case, tmp_path):
+    """The README's claim: our reader refuses what `safetensors` refuses, and duplicate keys,
+    which it accepts (its JSON parser keeps the last entry)."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    path = _write(tmp_path, _edited(HEADER_CASES[case][0]))
+    if case == "duplicate key":
+        safetensors_numpy.load_file(path)
+    else:
+        with pytest.raises(Exception, match="deserializing header"):
+            safetensors_numpy.load_file(path)
+
+
 def test_safetensors_tensor_lies_name_the_tensor(tmp_path):
     header, data = _split()
     first, _ = _first_two(header)

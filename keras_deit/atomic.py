@@ -1,5 +1,7 @@
 """Files that appear whole or not at all: a hidden temporary path beside the destination,
-renamed into place by the caller only once complete.
+renamed into place only once complete (`replacing`, or the caller with `temporary_path`).
+
+The one home of atomic writes: model saving, conversion, downloads and export staging.
 
 The temporary name carries the writer's process id (`.model.keras.tmp-1234-ab12cd34.keras`),
 so a later run can tell the leftovers of a killed writer (its process is gone) from a file
@@ -9,6 +11,7 @@ on the next run is for.
 """
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -83,3 +86,38 @@ def temporary_path(dest, suffix=""):
             yield tmp
     finally:
         _remove(tmp)
+
+
+@contextlib.contextmanager
+def replacing(dest, overwrite=True, needed_bytes=0):
+    """Writes `dest` whole or not at all: yields a temporary path beside it (same suffix, so
+    Keras reads the format from the name) and renames it over `dest` once the block succeeds.
+
+    Checked before anything is written: `dest` exists and `overwrite` is False
+    (FileExistsError), or the disk holds less than `needed_bytes` (OSError ENOSPC: some
+    writers, h5py among them, crash on a full disk instead of raising). A full disk during
+    the write is one OSError naming the file; the temporary file never stays behind.
+    """
+    dest = os.fspath(dest)
+    if os.path.lexists(dest) and not overwrite:
+        raise FileExistsError(f"{dest} exists: pass overwrite=True to replace it.")
+    folder, name = os.path.split(os.path.abspath(dest))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {dest}: the folder {folder} does not exist.")
+    free = shutil.disk_usage(folder).free
+    if needed_bytes and free < needed_bytes:
+        raise OSError(errno.ENOSPC, f"not enough space to write {dest}: it needs about "
+                                    f"{needed_bytes / 2**20:.1f} MiB and {folder} has "
+                                    f"{free / 2**20:.1f} MiB free; free some space or write "
+                                    "elsewhere")
+    suffix = next((s for s in (".weights.h5", ".keras", ".h5") if name.endswith(s)), "")
+    with temporary_path(dest, suffix) as tmp:
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"No space left on device while writing {dest}; "
+                                            "nothing was written: free some space and save "
+                                            "again") from None
+            raise
+        os.replace(tmp, dest)
