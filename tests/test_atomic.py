@@ -2,6 +2,7 @@
 
 import errno
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -94,32 +95,33 @@ def test_an_export_that_fills_the_disk_is_one_line_and_leaves_nothing(model, tmp
 
 _ORPHAN = """
 import os, subprocess, sys, time
+lifeline = int(sys.argv[1])
 env = dict(os.environ, KERAS_DEIT_EXPORT_PARENT=str(os.getpid()))  # as _build_in_child does
-worker = subprocess.Popen([sys.executable, "-c",
+subprocess.Popen([sys.executable, "-c",
     "import time; from keras_deit.export import _exit_with_parent; _exit_with_parent(); "
-    "time.sleep(120)"], env=env)
-print(worker.pid, flush=True)
+    "time.sleep(120)"], env=env, pass_fds=[lifeline])
+print("started", flush=True)
 time.sleep(120)
 """
 
 
-def _running(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
 def test_an_export_worker_dies_with_its_parent_even_on_sigkill():
-    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdout=subprocess.PIPE,
-                              text=True, env=dict(os.environ, KERAS_BACKEND="jax"))
-    worker = int(parent.stdout.readline())
-    assert _running(worker)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    deadline = time.monotonic() + 30
-    while _running(worker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _running(worker)
+    # The worker holds the write end of a pipe: the read end sees end-of-file exactly when the
+    # last process holding it has exited, which works for an orphan (and for a zombie that
+    # nobody reaps) on every POSIX system.
+    read_end, write_end = os.pipe()
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(write_end)],
+                              stdout=subprocess.PIPE, text=True, pass_fds=[write_end],
+                              env=dict(os.environ, KERAS_BACKEND="jax"))
+    os.close(write_end)
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        time.sleep(1)
+        readable, _, _ = select.select([read_end], [], [], 0)
+        assert not readable  # the worker is running
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        readable, _, _ = select.select([read_end], [], [], 30)
+        assert readable and os.read(read_end, 1) == b""  # every holder, the worker too, exited
+    finally:
+        os.close(read_end)
