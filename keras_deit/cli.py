@@ -12,14 +12,14 @@ import argparse
 import os
 import sys
 
+from keras_deit.export import ExportError, export_model, require
+from keras_deit.export.core import _check_format, _check_output, _input_spec
+from keras_deit.export.verification import verification_images
+from keras_deit.inference import (
+    BUILTIN_MODELS, DEFAULT_MODEL, class_names, class_probabilities, load_classifier, read_images,
+)
+
 BACKENDS = ("tensorflow", "jax", "torch")
-# Models shipped inside the package (name -> .keras file, beside its preprocessor_config.json),
-# so that `keras-deit predict` works offline. deit-digits: a distilled DeiT trained on
-# scikit-learn's 8x8 digits (benchmarks/distillation_experiment.py).
-BUILTIN_MODELS = {
-    "deit-digits": os.path.join(os.path.dirname(__file__), "data", "deit_digits", "model.keras"),
-}
-DEFAULT_MODEL = "deit-digits"
 
 
 def _parser():
@@ -56,10 +56,8 @@ def _parser():
         description="Export a classifier as a TensorFlow SavedModel (folder), a TFLite file "
         "(builtin ops only; float32, float16 or int8 dynamic-range) or an ONNX file, then load "
         "it with its own runtime and compare it with the Keras model. The output is written "
-        "atomically. See keras_deit/export.py for the design.",
+        "atomically. See keras_deit/export/__init__.py for the design.",
     )
-    from keras_deit.export import add_export_arguments
-
     add_export_arguments(export)
     export.add_argument("--backend", choices=BACKENDS,
                         help="Keras backend to load the model on (default: $KERAS_BACKEND, else "
@@ -77,6 +75,8 @@ def main(argv=None):
     """Entry point of the `keras-deit` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["convert"]:
+        # Lazy: conversion depends on keras_deit, never the reverse at import time (see
+        # ARCHITECTURE.md); only this command needs it.
         from conversion.cli import main as convert
 
         return convert(argv[1:], prog="keras-deit convert")
@@ -85,8 +85,6 @@ def main(argv=None):
         _reexec_with_backend(args.backend, argv)
     try:
         if args.command == "export":
-            from keras_deit.export import export_command
-
             return export_command(args)
         return predict(args.images, args.model, args.top_k)
     except (ValueError, OSError, ImportError) as e:
@@ -113,15 +111,10 @@ def predict(images, source, top_k=5, out=None):
     out = out or sys.stdout
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1. Received: {top_k}")
-    from keras_deit.image_processing import load_image
-
-    pictures = [load_image(path) for path in images]  # fail on a bad image before loading
+    pictures = read_images(images)  # fail on a bad image before loading
     model, processor = load_classifier(source)
     labels = class_names(model.config)
-    pixel_values = processor(pictures)["pixel_values"]
-    logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
-    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
+    probabilities = class_probabilities(model, processor, pictures)
     for path, row in zip(images, probabilities):
         print(path, file=out)
         for rank, index in enumerate(np.argsort(-row)[: min(top_k, len(row))], start=1):
@@ -129,54 +122,75 @@ def predict(images, source, top_k=5, out=None):
     return 0
 
 
-def load_classifier(source):
-    """The model for `source` and the image processor its checkpoint expects."""
-    from keras_deit import presets
-    from keras_deit.image_processing import DeiTImageProcessor
-    from keras_deit.models import DeiTPreTrainedModel
-    from keras_deit.saving import load_model
-
-    source = BUILTIN_MODELS.get(source, source)
-    if str(source).endswith(".keras"):
-        model = load_model(source)
-        folder = os.path.dirname(os.path.abspath(source))
-    else:
-        model = DeiTPreTrainedModel.from_pretrained(source)
-        folder = source if os.path.isdir(str(source)) else None
-    if not isinstance(model, DeiTPreTrainedModel):
-        raise ValueError(
-            f"{source} holds a {type(model).__name__}, not a keras_deit DeiT model: convert a "
-            "DeiT checkpoint with `keras-deit convert`, or pass one of its sources."
-        )
-    if "logits" not in model.output:
-        raise ValueError(
-            f"{source} holds a {type(model).__name__}, which has no classifier: use a "
-            "classification checkpoint."
-        )
-    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-        processor = DeiTImageProcessor.from_pretrained(folder)
-    elif presets.is_preset(str(source)):
-        recipe = presets.get_preset(source)["preprocessing"]
-        processor = DeiTImageProcessor.from_timm_recipe(
-            image_size=recipe["image_size"], crop_pct=recipe["crop_pct"],
-            interpolation=recipe["interpolation"], mean=recipe["mean"], std=recipe["std"],
-        )
-    else:  # The original DeiT evaluation recipe at the model's resolution.
-        processor = DeiTImageProcessor.from_timm_recipe(image_size=model.config.image_hw[0])
-    if getattr(model, "data_format", "channels_last") == "channels_first":
-        processor.data_format = "channels_first"
-    return model, processor
+def _parse_size(text):
+    """"224x224" or "224" -> (224, 224); "any" -> None."""
+    if text is None or text.lower() == "any":
+        return None
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise ValueError(f"--input-size takes HEIGHTxWIDTH (e.g. 256x256), a side or 'any'. "
+                         f"Received: {text!r}")
+    return values * 2 if len(values) == 1 else values
 
 
-def class_names(config):
-    """Readable class names: the config's labels, or ImageNet's for 1000 generic labels."""
-    labels = [config.id2label[i] for i in range(config.num_labels)]
-    generic = all(label == f"LABEL_{i}" for i, label in enumerate(labels))
-    if generic and config.num_labels == 1000:
-        path = os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    return labels
+# ---- the `keras-deit export` command -----------------------------------------------------------
+def add_export_arguments(parser):
+    """The options of `keras-deit export` (SOURCE and OUTPUT positional)."""
+    parser.add_argument("source", metavar="SOURCE",
+                        help="a .keras file, an HF folder, a .pth/.safetensors file, a preset "
+                        "name, a hub id or a URL (as `keras-deit predict --model`)")
+    parser.add_argument("output", metavar="OUTPUT",
+                        help="the artifact: a folder (saved_model) or a file (.tflite, .onnx)")
+    parser.add_argument("--format", required=True, metavar="FORMAT",
+                        help="saved_model, tflite or onnx")
+    parser.add_argument("--quantize", metavar="TYPE",
+                        help="tflite only: float16 (float16 weights) or int8 (dynamic range)")
+    parser.add_argument("--with-preprocessing", action="store_true",
+                        help="put the checkpoint's resize, crop and normalization inside: the "
+                        "artifact takes uint8 (batch, H, W, 3) images")
+    parser.add_argument("--input-size", metavar="HxW",
+                        help="with --with-preprocessing: the image size the artifact takes, or "
+                        "'any' (default: any; tflite: the resize size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    parser.add_argument("--verify-image", action="append", metavar="IMAGE",
+                        help="an image to verify on; repeat for more (default: 8 crops of "
+                        "scikit-learn's sample photos, else random inputs)")
+
+
+def export_command(args, out=None):
+    """Runs `keras-deit export` for parsed `args`; prints the summary and verification line.
+
+    Bad input raises (the CLI prints one line, exit code 2); a failed build or verification
+    prints one line and returns 1.
+    """
+    out = out or sys.stdout
+    format, quantize = _check_format(args.format, args.quantize)
+    input_size = _parse_size(args.input_size)
+    if input_size is not None and not args.with_preprocessing:
+        raise ValueError(f"--input-size applies with --with-preprocessing only. Received: "
+                         f"--input-size {args.input_size}")
+    _check_output(args.output, args.overwrite)
+    require(format)
+    pictures = read_images(args.verify_image or [])
+    model, processor = load_classifier(args.source)
+    preprocessing = processor.to_keras_layer() if args.with_preprocessing else None
+    spec = _input_spec(model, preprocessing, input_size, format)
+    data = verification_images(spec, processor, pictures)
+    try:
+        result = export_model(model, args.output, format, quantize=quantize,
+                              preprocessing=preprocessing, input_size=input_size,
+                              overwrite=args.overwrite, verification_data=data)
+    except ExportError as e:
+        print(f"keras-deit: export failed: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    print(result.summary(), file=out)
+    return 0
+
+
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import keras_deit as kd
 from conftest import max_abs_diff, small_config
 from keras_deit import atomic
 from keras_deit import export as ex
+from keras_deit.export import core as export_core
 
 
 @pytest.fixture
@@ -85,8 +86,8 @@ def test_an_export_that_fills_the_disk_is_one_line_and_leaves_nothing(model, tmp
     def disk_fills(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ex, "_build_artifact", disk_fills)
-    monkeypatch.setattr(ex, "_build_in_child", disk_fills)
+    monkeypatch.setattr(export_core, "_build_artifact", disk_fills)
+    monkeypatch.setattr(export_core, "_build_in_child", disk_fills)
     with pytest.raises(ex.ExportError, match=r"filled up during the export; nothing was "
                                              r"written: free some space"):
         ex.export_model(model, tmp_path / "m.tflite", "tflite")

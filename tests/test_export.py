@@ -4,7 +4,9 @@ The artifacts are built once per module (one call, so on JAX and PyTorch one Ten
 process and one PyTorch child process) and every test reads them back with its own runtime.
 """
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ import pytest
 
 import keras_deit as kd
 from keras_deit import export as ex
+from keras_deit.export import core as export_core
 from keras_deit.cli import main
 from conftest import HF, tiny_config
 
@@ -252,8 +255,8 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 
 def test_missing_dependency_is_named(monkeypatch, tmp_path):
-    real = ex.importlib.util.find_spec
-    monkeypatch.setattr(ex.importlib.util, "find_spec",
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name == "onnxscript" else real(name))
     with pytest.raises(ex.MissingDependencyError, match="pip install onnxscript"):
         ex.export_model(kd.DeiTForImageClassification(tiny_config()), tmp_path / "m.onnx",
@@ -270,8 +273,8 @@ def _failing_build(*args, **kwargs):
 
 
 def test_failure_leaves_nothing_behind(monkeypatch, tmp_path):
-    monkeypatch.setattr(ex, "_build_artifact", _failing_build)
-    monkeypatch.setattr(ex, "_build_in_child", _failing_build)
+    monkeypatch.setattr(export_core, "_build_artifact", _failing_build)
+    monkeypatch.setattr(export_core, "_build_in_child", _failing_build)
     model = kd.DeiTForImageClassification(tiny_config())
     (tmp_path / "kept.tflite").write_bytes(b"old")
     for name in ("new.tflite", "kept.tflite"):
@@ -283,10 +286,10 @@ def test_failure_leaves_nothing_behind(monkeypatch, tmp_path):
 
 def test_a_failed_verification_writes_nothing(monkeypatch, exported, tmp_path):
     """The check runs on the staged artifact, before the rename."""
-    monkeypatch.setattr(ex, "_build_artifact", lambda model, pre, job: ex.shutil.copy(
+    monkeypatch.setattr(export_core, "_build_artifact", lambda model, pre, job: shutil.copy(
         exported["int8"].path, job["path"]))
-    monkeypatch.setattr(ex, "_build_in_child", lambda model, pre, jobs, *args: [
-        ex.shutil.copy(exported["int8"].path, job["path"]) for job in jobs])
+    monkeypatch.setattr(export_core, "_build_in_child", lambda model, pre, jobs, *args: [
+        shutil.copy(exported["int8"].path, job["path"]) for job in jobs])
     model = kd.DeiTForImageClassificationWithTeacher.from_pretrained(WITH_TEACHER)
     with pytest.raises(ex.ExportError, match=r"differs from the Keras model .*tolerance 0\.0001"):
         ex.export_model(model, tmp_path / "m.tflite", "tflite")  # an int8 file as float32
@@ -339,8 +342,8 @@ def test_cli_bad_input_is_one_line_exit_2(args, message, tmp_path, capsys, monke
     if "{exists}" in args:
         open(output, "w").close()
     if "{missing-dep}" in args:
-        real = ex.importlib.util.find_spec
-        monkeypatch.setattr(ex.importlib.util, "find_spec",
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
                             lambda name: None if name == "onnxscript" else real(name))
     args = [a for a in args if not a.startswith("{")]
     assert main(["export", WITH_TEACHER, *args, output]) == 2
@@ -349,8 +352,8 @@ def test_cli_bad_input_is_one_line_exit_2(args, message, tmp_path, capsys, monke
 
 
 def test_cli_build_failure_is_one_line_exit_1(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(ex, "_build_artifact", _failing_build)
-    monkeypatch.setattr(ex, "_build_in_child", _failing_build)
+    monkeypatch.setattr(export_core, "_build_artifact", _failing_build)
+    monkeypatch.setattr(export_core, "_build_in_child", _failing_build)
     assert main(["export", WITH_TEACHER, "--format", "tflite", str(tmp_path / "m.tflite")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["keras-deit: export failed: conversion crashed"]

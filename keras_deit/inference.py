@@ -1,0 +1,82 @@
+"""Inference helpers shared by the `keras-deit` command, export and the notebooks: the built-in
+models, loading a classifier with the image processor its checkpoint expects, reading images,
+class probabilities and readable class names."""
+
+import os
+
+import numpy as np
+
+from keras_deit import presets
+from keras_deit.image_processing import DeiTImageProcessor, load_image
+from keras_deit.models import DeiTPreTrainedModel
+from keras_deit.saving import load_model
+
+# Models shipped inside the package (name -> .keras file, beside its preprocessor_config.json),
+# so that `keras-deit predict` works offline. deit-digits: a distilled DeiT trained on
+# scikit-learn's 8x8 digits (benchmarks/distillation_experiment.py).
+BUILTIN_MODELS = {
+    "deit-digits": os.path.join(os.path.dirname(__file__), "data", "deit_digits", "model.keras"),
+}
+DEFAULT_MODEL = "deit-digits"
+
+
+def read_images(paths):
+    """PIL images (RGB) of image files; the first bad file raises one line naming it."""
+    return [load_image(path) for path in paths]
+
+
+def load_classifier(source):
+    """The model for `source` and the image processor its checkpoint expects.
+
+    `source`: a built-in model name, a .keras file, or anything `from_pretrained` takes. Raises
+    ValueError for a model that is not a DeiT classifier.
+    """
+    source = BUILTIN_MODELS.get(source, source)
+    if str(source).endswith(".keras"):
+        model = load_model(source)
+        folder = os.path.dirname(os.path.abspath(source))
+    else:
+        model = DeiTPreTrainedModel.from_pretrained(source)
+        folder = source if os.path.isdir(str(source)) else None
+    if not isinstance(model, DeiTPreTrainedModel):
+        raise ValueError(
+            f"{source} holds a {type(model).__name__}, not a keras_deit DeiT model: convert a "
+            "DeiT checkpoint with `keras-deit convert`, or pass one of its sources."
+        )
+    if "logits" not in model.output:
+        raise ValueError(
+            f"{source} holds a {type(model).__name__}, which has no classifier: use a "
+            "classification checkpoint."
+        )
+    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        processor = DeiTImageProcessor.from_pretrained(folder)
+    elif presets.is_preset(str(source)):
+        recipe = presets.get_preset(source)["preprocessing"]
+        processor = DeiTImageProcessor.from_timm_recipe(
+            image_size=recipe["image_size"], crop_pct=recipe["crop_pct"],
+            interpolation=recipe["interpolation"], mean=recipe["mean"], std=recipe["std"],
+        )
+    else:  # The original DeiT evaluation recipe at the model's resolution.
+        processor = DeiTImageProcessor.from_timm_recipe(image_size=model.config.image_hw[0])
+    if getattr(model, "data_format", "channels_last") == "channels_first":
+        processor.data_format = "channels_first"
+    return model, processor
+
+
+def class_names(config):
+    """Readable class names: the config's labels, or ImageNet's for 1000 generic labels."""
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    generic = all(label == f"LABEL_{i}" for i, label in enumerate(labels))
+    if generic and config.num_labels == 1000:
+        path = os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    return labels
+
+
+def class_probabilities(model, processor, pictures):
+    """Softmax of the classifier's `logits` on PIL `pictures`: float64 (batch, num_labels)."""
+    pixel_values = processor(pictures)["pixel_values"]
+    logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    return probabilities / probabilities.sum(-1, keepdims=True)
