@@ -5,6 +5,8 @@ import json
 import math
 import os
 
+from keras_deit.checks import pair
+
 # Activations a config may name, with the Keras activation each one means. "gelu" is the exact
 # (erf) form used by every DeiT release; "gelu_new" and friends are the tanh approximation.
 ACTIVATIONS = {
@@ -60,17 +62,18 @@ def read_json_object(path, what="file"):
 
 def _pair(value, name):
     """Returns `value` as an (height, width) tuple of positive ints."""
-    if _is_int(value):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(_is_int(v) and v > 0 for v in value)
-    ):
-        raise ConfigError(
-            f"`{name}` must be a positive int or a pair of positive ints. Received: {name}={value!r}"
-        )
-    return tuple(value)
+    return pair(value, name, ConfigError)
+
+
+def num_prefix_tokens(use_distillation_token):
+    """Tokens before the patches: 1 (class token) or 2 (class and distillation tokens)."""
+    return 2 if use_distillation_token else 1
+
+
+def num_position_prefix_tokens(use_distillation_token, class_token_position_embedding):
+    """Position-embedding entries before the patches': the prefix tokens when the positions
+    cover them (DeiT, ViT), else 0 (DeiT III)."""
+    return num_prefix_tokens(use_distillation_token) if class_token_position_embedding else 0
 
 
 class DeiTConfig:
@@ -177,7 +180,13 @@ class DeiTConfig:
     @property
     def num_prefix_tokens(self):
         """1 (class token) or 2 (class and distillation tokens)."""
-        return 2 if self.use_distillation_token else 1
+        return num_prefix_tokens(self.use_distillation_token)
+
+    @property
+    def num_position_prefix_tokens(self):
+        """Position-embedding entries before the patches' (0 for DeiT III)."""
+        return num_position_prefix_tokens(self.use_distillation_token,
+                                          self.class_token_position_embedding)
 
     @property
     def head_dim(self):

@@ -15,6 +15,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_deit.checks import TrainerEntryChecks
 from keras_deit.losses import (
     _weighted_mean,
     as_logits_loss,
@@ -156,7 +157,7 @@ def _first_logits(outputs):
 
 
 @keras.saving.register_keras_serializable(package="keras_deit")
-class DeiTDistiller(keras.Model):
+class DeiTDistiller(TrainerEntryChecks, keras.Model):
     """Trains a `DeiTForImageClassificationWithTeacher` student against a frozen teacher.
 
     A `keras.Model` whose `call` is the student's; `compute_loss` adds the teacher (DeiT's
@@ -303,13 +304,6 @@ class DeiTDistiller(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights,
                         metrics=metrics, **kwargs)
 
-    def compile_from_config(self, config):
-        """Compiles a loaded model from its saved compile config (`compile` is overridden, so
-        Keras leaves this to the class)."""
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built and getattr(self, "optimizer", None) is not None:
-            self.optimizer.build(self.trainable_variables)
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """`(1 - alpha) * base(cls_logits, y) + alpha * KD(distillation_logits, teacher)`."""
         cls_logits = y_pred["cls_logits"]
@@ -340,26 +334,14 @@ class DeiTDistiller(keras.Model):
         """Updates the compiled metrics on the averaged `logits`."""
         return super().compute_metrics(x, y, y_pred["logits"], sample_weight)
 
-    # ---- checks before any step -----------------------------------------------------------
-    def fit(self, x=None, y=None, *args, **kwargs):
-        self._check_data(x, y, kwargs.get("validation_data"))
-        return super().fit(x, y, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        self._check_data(x, y)
-        return super().evaluate(x, y, *args, **kwargs)
-
-    def train_on_batch(self, x, y=None, *args, **kwargs):
-        self._check_data(x, y)
-        return super().train_on_batch(x, y, *args, **kwargs)
-
-    def test_on_batch(self, x, y=None, *args, **kwargs):
-        self._check_data(x, y)
-        return super().test_on_batch(x, y, *args, **kwargs)
-
-    def predict(self, x, *args, **kwargs):
-        self._check_images(x)
-        return super().predict(x, *args, **kwargs)
+    # ---- checks before any step (keras_deit.checks.TrainerEntryChecks) --------------------
+    def _check_entry(self, method, arguments):
+        x = arguments.get("x")
+        if method in ("predict", "predict_on_batch"):
+            self._check_images(x)
+        else:
+            validation = arguments.get("validation_data") if method == "fit" else None
+            self._check_data(x, arguments.get("y"), validation)
 
     def _check_images(self, x):
         if hasattr(self.student, "_check_inputs"):

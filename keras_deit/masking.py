@@ -10,19 +10,11 @@ import math
 
 import numpy as np
 
-
-def _pair(value, name):
-    pair = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                 for v in pair):
-        raise ValueError(
-            f"`{name}` must be a positive int or a pair of them. Received: {name}={value!r}"
-        )
-    return pair
+from keras_deit.checks import pair
 
 
 def _square(value, name):
-    height, width = _pair(value, name)
+    height, width = pair(value, name)
     if height != width:
         raise ValueError(
             f"SimMIM masks use square patches. Received: {name}={value!r}. Use a square size."
@@ -58,7 +50,7 @@ class MaskGenerator:
 
     def __init__(self, input_size=192, mask_patch_size=32, model_patch_size=4, mask_ratio=0.6,
                  seed=None):
-        height, width = _pair(input_size, "input_size")
+        height, width = pair(input_size, "input_size")
         mask_patch = _square(mask_patch_size, "mask_patch_size")
         model_patch = _square(model_patch_size, "model_patch_size")
         if height % mask_patch or width % mask_patch:

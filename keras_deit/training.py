@@ -14,7 +14,7 @@ import re
 import keras
 from keras import ops
 
-from keras_deit.layers.interpolation import bicubic_resize
+from keras_deit.layers.embeddings import resample_position_embeddings
 
 # Variables that get no weight decay: LayerNorm scale and offset, every bias, DeiT III's
 # LayerScale, the learned tokens and the position embeddings (timm's rule for DeiT: 1-D
@@ -55,44 +55,6 @@ def is_excluded_from_weight_decay(variable):
     return any(re.search(pattern, variable.name) for pattern in NO_WEIGHT_DECAY_PATTERNS)
 
 
-def resample_position_embeddings(position_embeddings, old_grid, new_grid, num_prefix_tokens):
-    """Resizes the patch part of position embeddings to a new patch grid.
-
-    The prefix entries (class and distillation tokens) are kept; the patch grid is resized
-    with PyTorch's bicubic kernel (`bicubic_resize`), as transformers'
-    `interpolate_pos_encoding` and `DeiTEmbeddings` do.
-
-    Args:
-        position_embeddings: (1, num_prefix_tokens + rows * cols, hidden).
-        old_grid: (rows, cols) of the stored embeddings.
-        new_grid: (new_rows, new_cols).
-        num_prefix_tokens: int, entries before the patches (0 for DeiT III).
-
-    Returns:
-        (1, num_prefix_tokens + new_rows * new_cols, hidden), a tensor.
-    """
-    position_embeddings = ops.convert_to_tensor(position_embeddings)
-    rows, cols = old_grid
-    length, hidden = position_embeddings.shape[1], position_embeddings.shape[2]
-    if length != num_prefix_tokens + rows * cols:
-        raise ValueError(
-            f"The position embeddings hold {length} entries, not num_prefix_tokens + rows * "
-            f"cols = {num_prefix_tokens} + {rows} * {cols}. Received: shape="
-            f"{tuple(position_embeddings.shape)}, old_grid={tuple(old_grid)}. Pass the grid and "
-            "prefix count of the model they come from."
-        )
-    if tuple(old_grid) == tuple(new_grid):
-        return position_embeddings
-    prefix = position_embeddings[:, :num_prefix_tokens]
-    patches = ops.reshape(position_embeddings[:, num_prefix_tokens:], (1, rows, cols, hidden))
-    patches = ops.reshape(bicubic_resize(patches, tuple(new_grid)), (1, -1, hidden))
-    return ops.concatenate([prefix, patches], axis=1)
-
-
-def _position_prefix(config):
-    return config.num_prefix_tokens if config.class_token_position_embedding else 0
-
-
 def rebuild_at_image_size(model, image_size):
     """The same model for another input size, position embeddings resampled once.
 
@@ -126,7 +88,7 @@ def rebuild_at_image_size(model, image_size):
     )
     options = dict(model.get_config(), config=new_config)
     new_model = type(model).from_config(options)
-    prefix = _position_prefix(config)
+    prefix = config.num_position_prefix_tokens
     pairs = list(zip(model.weights, new_model.weights))
     if len(model.weights) != len(new_model.weights) or any(
         old.path != new.path for old, new in pairs
@@ -239,11 +201,12 @@ def _resample_between(value, source, target, path):
             f"`config`). Received: {type(source).__name__} and {type(target).__name__}."
         )
     src, dst = configs
-    if _position_prefix(src) != _position_prefix(dst):
+    prefix = src.num_position_prefix_tokens
+    if prefix != dst.num_position_prefix_tokens:
         raise ValueError(
             f"The source and target of {path!r} have different prefix tokens "
-            f"({_position_prefix(src)} vs {_position_prefix(dst)} position entries). Use models "
+            f"({prefix} vs {dst.num_position_prefix_tokens} position entries). Use models "
             "that both have (or both lack) the distillation token."
         )
-    return resample_position_embeddings(value, src.grid_size, dst.grid_size, _position_prefix(src))
+    return resample_position_embeddings(value, src.grid_size, dst.grid_size, prefix)
 

@@ -3,11 +3,9 @@
 import keras
 from keras import ops
 
+from keras_deit.checks import check_image_shape, pair
+from keras_deit.config import num_position_prefix_tokens, num_prefix_tokens
 from keras_deit.layers.interpolation import bicubic_resize
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 @keras.saving.register_keras_serializable(package="keras_deit")
@@ -38,7 +36,7 @@ class DeiTPatchEmbeddings(keras.layers.Layer):
         self.initializer_range = initializer_range
 
     def build(self, input_shape):
-        ph, pw = _pair(self.patch_size)
+        ph, pw = pair(self.patch_size, "patch_size")
         self.kernel = self.add_weight(
             name="kernel",
             shape=(ph, pw, self.num_channels, self.hidden_size),
@@ -48,32 +46,14 @@ class DeiTPatchEmbeddings(keras.layers.Layer):
 
     def call(self, pixel_values):
         self._check_input_shape(pixel_values.shape)
-        grid = ops.conv(pixel_values, self.kernel, strides=_pair(self.patch_size), padding="valid")
+        grid = ops.conv(pixel_values, self.kernel, strides=pair(self.patch_size, "patch_size"), padding="valid")
         return grid + self.bias
 
     def _check_input_shape(self, shape):
-        if len(shape) != 4:
-            raise ValueError(
-                "Expected images of shape (batch, height, width, channels). "
-                f"Received: shape={tuple(shape)}"
-            )
-        if shape[-1] is not None and shape[-1] != self.num_channels:
-            raise ValueError(
-                f"Expected {self.num_channels} channels in the last axis (channels_last), got "
-                f"{shape[-1]}. Received: shape={tuple(shape)}. Convert grayscale/RGBA images to "
-                "the model's channels, or build the model with data_format='channels_first' for "
-                "NCHW input."
-            )
-        for size, patch, axis in zip(shape[1:3], _pair(self.patch_size), ("height", "width")):
-            if size is not None and size % patch:
-                raise ValueError(
-                    f"Image {axis} {size} is not divisible by the patch size {patch}. "
-                    f"Received: shape={tuple(shape)}. Resize or crop the images to a multiple "
-                    f"of {patch}."
-                )
+        check_image_shape(shape, self.num_channels, pair(self.patch_size, "patch_size"))
 
     def compute_output_shape(self, input_shape):
-        ph, pw = _pair(self.patch_size)
+        ph, pw = pair(self.patch_size, "patch_size")
         h, w = input_shape[1], input_shape[2]
         return (
             input_shape[0],
@@ -153,9 +133,9 @@ class DeiTEmbeddings(keras.layers.Layer):
         self.dropout_layer = (
             keras.layers.Dropout(dropout, dtype=self.dtype_policy) if dropout else None
         )
-        (h, w), (ph, pw) = _pair(image_size), _pair(patch_size)
+        (h, w), (ph, pw) = pair(image_size, "image_size"), pair(patch_size, "patch_size")
         self.grid_size = (h // ph, w // pw)
-        self.num_prefix_tokens = 2 if use_distillation_token else 1
+        self.num_prefix_tokens = num_prefix_tokens(use_distillation_token)
 
     def build(self, input_shape):
         self.patch_embeddings.build(input_shape)
@@ -215,24 +195,13 @@ class DeiTEmbeddings(keras.layers.Layer):
         """Resizes the patch part of `positions` to `grid` = (rows, cols)."""
         if all(isinstance(n, int) for n in grid) and tuple(grid) == self.grid_size:
             return positions  # Same grid: the resize would be the identity.
-        n_prefix = self.num_prefix_tokens if self.class_token_position_embedding else 0
-        prefix, patches = positions[:, :n_prefix], positions[:, n_prefix:]
-        patches = ops.reshape(patches, (1, *self.grid_size, self.hidden_size))
-        patches = bicubic_resize(patches, grid)
-        patches = ops.reshape(patches, (1, -1, self.hidden_size))
-        return ops.concatenate([prefix, patches], axis=1)
+        prefix = num_position_prefix_tokens(self.use_distillation_token,
+                                            self.class_token_position_embedding)
+        return resample_position_embeddings(positions, self.grid_size, grid, prefix)
 
     def _check_image_size(self, shape):
-        if len(shape) != 4:
-            return  # The patch embedding names the rank problem.
-        expected = _pair(self.image_size)
-        got = tuple(shape[1:3])
-        if None not in got and got != expected:
-            raise ValueError(
-                f"Input image size {got} doesn't match the model's {expected}. Resize the "
-                "images to the model's size, or build the model with "
-                "interpolate_pos_encoding=True to resample the position embeddings."
-            )
+        check_image_shape(shape, self.num_channels, pair(self.patch_size, "patch_size"),
+                          image_hw=pair(self.image_size, "image_size"))
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         rows, cols = self.patch_embeddings.compute_output_shape(input_shape)[1:3]
@@ -253,3 +222,38 @@ class DeiTEmbeddings(keras.layers.Layer):
             initializer_range=self.initializer_range,
         )
         return config
+
+
+def resample_position_embeddings(position_embeddings, old_grid, new_grid, num_prefix_tokens):
+    """Resizes the patch part of position embeddings to a new patch grid.
+
+    The prefix entries (class and distillation tokens) are kept; the patch grid is resized
+    with PyTorch's bicubic kernel (`bicubic_resize`), as transformers'
+    `interpolate_pos_encoding` does. The one resampler: `DeiTEmbeddings` uses it on the fly,
+    `keras_deit.training` to move weights between image sizes.
+
+    Args:
+        position_embeddings: (1, num_prefix_tokens + rows * cols, hidden).
+        old_grid: (rows, cols) of the stored embeddings.
+        new_grid: (new_rows, new_cols); ints, or traced sizes inside a layer.
+        num_prefix_tokens: int, entries before the patches (0 for DeiT III).
+
+    Returns:
+        (1, num_prefix_tokens + new_rows * new_cols, hidden), a tensor.
+    """
+    position_embeddings = ops.convert_to_tensor(position_embeddings)
+    rows, cols = old_grid
+    length, hidden = position_embeddings.shape[1], position_embeddings.shape[2]
+    if length != num_prefix_tokens + rows * cols:
+        raise ValueError(
+            f"The position embeddings hold {length} entries, not num_prefix_tokens + rows * "
+            f"cols = {num_prefix_tokens} + {rows} * {cols}. Received: shape="
+            f"{tuple(position_embeddings.shape)}, old_grid={tuple(old_grid)}. Pass the grid and "
+            "prefix count of the model they come from."
+        )
+    if all(isinstance(n, int) for n in new_grid) and tuple(old_grid) == tuple(new_grid):
+        return position_embeddings
+    prefix = position_embeddings[:, :num_prefix_tokens]
+    patches = ops.reshape(position_embeddings[:, num_prefix_tokens:], (1, rows, cols, hidden))
+    patches = ops.reshape(bicubic_resize(patches, tuple(new_grid)), (1, -1, hidden))
+    return ops.concatenate([prefix, patches], axis=1)

@@ -1,0 +1,42 @@
+"""The DeiT models: functional `keras.Model`s that mirror transformers' DeiT classes.
+
+Each model builds its graph in `__init__` in three sections (layers / functional model /
+config), so it has a class name, a static graph, and a `get_config` that rebuilds it. Outputs
+are dicts keyed by the transformers names (`last_hidden_state`, `logits`, ...).
+
+One module per role: `base` (`DeiTPreTrainedModel`), `backbone` (`DeiTModel`),
+`classification` (the two classifiers), `masked_image_modeling` (SimMIM).
+"""
+
+from keras_deit.models.backbone import (
+    DeiTModel,
+    _backbone,
+    _bool_masked_pos_input,
+    _encode,
+    _forward_extras,
+    _pixel_values_input,
+)
+from keras_deit.models.base import (
+    DATA_FORMATS,
+    DeiTPreTrainedModel,
+    _as_config,
+    _check_options,
+    _dict_keys,
+    _itemsize,
+)
+from keras_deit.models.classification import (
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    _classifier,
+)
+from keras_deit.models.masked_image_modeling import DeiTForMaskedImageModeling
+
+MODEL_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        DeiTModel,
+        DeiTForImageClassification,
+        DeiTForImageClassificationWithTeacher,
+        DeiTForMaskedImageModeling,
+    )
+}
