@@ -22,7 +22,7 @@ def main():
     import keras
 
     from keras_deit import export
-    from keras_deit.cli import BUILTIN_MODELS
+    from keras_deit.inference import BUILTIN_MODELS
 
     _, test_idx, images8, labels = load_split()
     pixels, labels = preprocess(images8[test_idx]), labels[test_idx]

@@ -264,7 +264,7 @@ def check_png_path(model_dir, paths, test_idx, images8, labels):
 
     from PIL import Image
 
-    from keras_deit.cli import load_classifier
+    from keras_deit.inference import load_classifier
 
     model, processor = load_classifier(os.path.join(model_dir, "model.keras"))
     pictures = []

@@ -45,7 +45,7 @@ def measure(repeats, exports_too=True):
     import keras_deit as kd
     from distillation_experiment import load_split, preprocess
     from keras_deit import export
-    from keras_deit.cli import BUILTIN_MODELS
+    from keras_deit.inference import BUILTIN_MODELS
 
     backend = keras.backend.backend()
     photos = export.sample_photos(8).astype("float32") / 255.0

@@ -7,7 +7,15 @@ paths to the source tensor(s) it is made from and the transform between the layo
 
 import re
 
-import numpy as np
+from conversion.key_maps import (  # the row transforms, public here too
+    conv1x1_as_dense_kernel,
+    conv_kernel,
+    dense_kernel,
+    expand,
+    fused_qkv_bias,
+    fused_qkv_kernel,
+    same,
+)
 
 BACKBONE_PREFIXES = ("deit.", "vit.")
 
@@ -22,34 +30,6 @@ _V5_RENAMES = [
     (re.compile(r"^layers\.(\d+)\.mlp\.fc2\."), lambda m: f"encoder.layer.{m[1]}.output.dense."),
     (re.compile(r"^layers\.(\d+)\."), lambda m: f"encoder.layer.{m[1]}."),
 ]
-
-
-def same(x):
-    return x
-
-
-def dense_kernel(w):
-    """torch Linear (out, in) -> Keras (in, out)."""
-    return w.T
-
-
-def conv_kernel(w):
-    """torch Conv2d (out, in, kh, kw) -> Keras (kh, kw, in, out)."""
-    return w.transpose(2, 3, 1, 0)
-
-
-def conv1x1_as_dense_kernel(w):
-    """torch 1x1 Conv2d (out, in, 1, 1) -> a dense kernel (in, out)."""
-    return w[:, :, 0, 0].T
-
-
-def fused_qkv_kernel(q, k, v):
-    """Three torch Linear weights (d, d) -> one (d, 3d) kernel with columns [q | k | v]."""
-    return np.concatenate([q, k, v], axis=0).T
-
-
-def fused_qkv_bias(q, k, v):
-    return np.concatenate([q, k, v], axis=0)
 
 
 _BLOCK = "encoder/layer_{i}/"
@@ -111,18 +91,3 @@ def canonicalize(tensors):
                 break
         out[name] = value
     return out
-
-
-def expand(table, num_layers):
-    """Rows with `{i}` repeated for every block; sources always as tuples."""
-    rows = []
-    for path, sources, transform in table:
-        sources = sources if isinstance(sources, tuple) else (sources,)
-        indices = range(num_layers) if "{i}" in path else [None]
-        for i in indices:
-            rows.append((
-                path.format(i=i),
-                tuple(s.format(i=i) for s in sources),
-                transform,
-            ))
-    return rows

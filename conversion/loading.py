@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from conversion import hf, sources, timm
+from conversion import hf, key_maps, sources, timm
 from conversion.readers import (
     CheckpointError, CorruptCheckpointError, read_checkpoint, read_safetensors_header,
 )
@@ -110,8 +110,8 @@ def assign_checkpoint(model, tensors, source="<tensors>", strict=True, key_map=N
     tensors = table.canonicalize(tensors)
     variables = {v.path: v for v in model.weights}
     num_layers = model.config.num_hidden_layers
-    required = hf.expand(table.BACKBONE_MAP, num_layers)
-    optional = hf.expand(table.OPTIONAL_MAP, num_layers)
+    required = key_maps.expand(table.BACKBONE_MAP, num_layers)
+    optional = key_maps.expand(table.OPTIONAL_MAP, num_layers)
 
     updates, fresh, offered, used = [], [], set(), set()
     missing, mismatched = [], []

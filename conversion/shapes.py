@@ -34,8 +34,7 @@ def hf_shape_differences(config, shapes, check_heads=True):
             checks.append((f"{field} ({name})", expected, shapes[name][dims]))
 
     h = config.hidden_size
-    prefix = config.num_prefix_tokens
-    positions = config.num_patches + (prefix if config.class_token_position_embedding else 0)
+    positions = config.num_patches + config.num_position_prefix_tokens
     against("embeddings.cls_token", "hidden_size", (1, 1, h))
     against("embeddings.patch_embeddings.projection.weight",
             "hidden_size, num_channels, patch_size", (h, config.num_channels, *config.patch_hw))

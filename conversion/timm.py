@@ -4,7 +4,7 @@ The original `.pth` releases (dl.fbaipublicfiles.com/deit/) were written by mode
 timm, so they share timm's names (`blocks.3.attn.qkv.weight`); the DeiT III files name their
 LayerScale vectors `gamma_1` / `gamma_2`, which timm renames to `ls1.gamma` / `ls2.gamma`.
 `canonicalize` brings both to timm's names, then one table maps them onto our variable paths,
-with the same row protocol as `conversion.hf`.
+with the row protocol of `conversion.key_maps`, as `conversion.hf`.
 
 A state dict carries no config, so `config_from_timm_state` reads the architecture from the
 tensor shapes. The head count is the one thing shapes cannot tell (a fused (3d, d) qkv weight
@@ -18,11 +18,9 @@ import warnings
 
 import numpy as np
 
-from conversion.hf import conv_kernel, dense_kernel, same
+from conversion.key_maps import conv_kernel, dense_kernel, same
 from conversion.readers import CheckpointError
 
-# timm's DeiT numerics: LayerNorm(eps=1e-6) and exact GELU in every block.
-LAYER_NORM_EPS = 1e-6
 HEAD_DIM = 64
 
 _BLOCK = "encoder/layer_{i}/"
@@ -146,7 +144,7 @@ def config_from_timm_state(state, num_attention_heads=None, config=None, notes=N
         from the head (0 when the checkpoint has none).
     """
     from keras_deit import presets
-    from keras_deit.config import DeiTConfig
+    from keras_deit.config import DeiTConfig, num_prefix_tokens
 
     state = canonicalize(state)
     needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
@@ -161,7 +159,7 @@ def config_from_timm_state(state, num_attention_heads=None, config=None, notes=N
     _, channels, ph, pw = (int(s) for s in state["patch_embed.proj.weight"].shape)
     distilled = "dist_token" in state
     layer_scale = "blocks.0.ls1.gamma" in state
-    prefix = 2 if distilled else 1
+    prefix = num_prefix_tokens(distilled)
     pos_len = int(state["pos_embed"].shape[1])
 
     if config is not None and config.patch_hw == (ph, pw):
@@ -205,7 +203,8 @@ def config_from_timm_state(state, num_attention_heads=None, config=None, notes=N
         num_attention_heads=heads,
         intermediate_size=int(state["blocks.0.mlp.fc1.weight"].shape[0]),
         hidden_act="gelu",
-        layer_norm_eps=LAYER_NORM_EPS,
+        # timm's DeiT numerics: LayerNorm(eps=1e-6) and exact GELU in every block.
+        layer_norm_eps=presets.LAYER_NORM_EPS["original"],
         image_size=image_size,
         patch_size=ph if ph == pw else (ph, pw),
         num_channels=channels,
@@ -214,17 +213,17 @@ def config_from_timm_state(state, num_attention_heads=None, config=None, notes=N
         num_labels=int(state["head.weight"].shape[0]) if "head.weight" in state else 0,
         use_distillation_token=distilled,
         class_token_position_embedding=class_pos,
-        layer_scale_init_value=1e-6 if layer_scale else None,
+        layer_scale_init_value=presets.DEIT3_LAYER_SCALE_INIT if layer_scale else None,
     )
     if config is None:
         return inferred
     differences = architecture_differences(
         config, inferred, compare_heads=num_attention_heads is not None
     )
-    if config.num_patches + (prefix if config.class_token_position_embedding else 0) != pos_len:
+    needed = config.num_patches + config.num_position_prefix_tokens
+    if needed != pos_len:
         differences.append(
-            f"position embeddings: {pos_len} in the checkpoint, the config needs "
-            f"{config.num_patches + (prefix if config.class_token_position_embedding else 0)} "
+            f"position embeddings: {pos_len} in the checkpoint, the config needs {needed} "
             f"(image_size={config.image_size}, class_token_position_embedding="
             f"{config.class_token_position_embedding})"
         )

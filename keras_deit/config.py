@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+from keras_deit import atomic
 from keras_deit.checks import pair
 
 # Activations a config may name, with the Keras activation each one means. "gelu" is the exact
@@ -326,7 +327,7 @@ class DeiTConfig:
         """Writes the config as an HF `config.json` (to `path`, or into the folder `path`)."""
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
         return path
@@ -334,6 +335,7 @@ class DeiTConfig:
     @classmethod
     def from_preset(cls, name):
         """The config of a named official checkpoint (see `keras_deit.presets`)."""
+        # Lazy: presets builds DeiTConfigs from its table, so it imports this module.
         from keras_deit.presets import preset_config
 
         return preset_config(name)

@@ -16,12 +16,19 @@ import warnings
 import numpy as np
 import PIL.Image
 
+from keras_deit import atomic
 from keras_deit.config import read_json_object
+from keras_deit.preprocessing_spec import (  # the constants stay public here
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    _mean_or_std,
+    _positive_int,
+    _resize_output_size,
+    _size_dict,
+)
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
-IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 
 CONFIG_NAME = "preprocessor_config.json"
 
@@ -43,45 +50,6 @@ _NUM_CHANNELS = (1, 3, 4)
 # ---------------------------------------------------------------------------
 
 
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def _size_dict(size, name="size", allow_shortest_edge=True, default_to_square=True):
-    """Returns `{"height", "width"}` or `{"shortest_edge"}` from a size argument.
-
-    Accepts such a dict, an int (a square, or the shortest edge when
-    `default_to_square=False`, as in old hub configs) or a `(height, width)` pair.
-    """
-    if isinstance(size, dict):
-        keys = set(size)
-        if keys == {"height", "width"}:
-            return {
-                "height": _positive_int(size["height"], f"{name}['height']"),
-                "width": _positive_int(size["width"], f"{name}['width']"),
-            }
-        if keys == {"shortest_edge"} and allow_shortest_edge:
-            edge = _positive_int(size["shortest_edge"], f"{name}['shortest_edge']")
-            return {"shortest_edge": edge}
-        allowed = "{'height', 'width'}" + (" or {'shortest_edge'}" if allow_shortest_edge else "")
-        raise ValueError(f"{name} must be a dict with keys {allowed}, got {size!r}.")
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        if default_to_square or not allow_shortest_edge:
-            side = _positive_int(size, name)
-            return {"height": side, "width": side}
-        return {"shortest_edge": _positive_int(size, name)}
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return {
-            "height": _positive_int(size[0], f"{name}[0]"),
-            "width": _positive_int(size[1], f"{name}[1]"),
-        }
-    raise ValueError(
-        f"{name} must be a dict, an int or a (height, width) pair, got {size!r}."
-    )
-
-
 def _resample_int(resample):
     """PIL resampling filter as a plain int, from an int, a PIL enum or a name."""
     if isinstance(resample, str):
@@ -97,13 +65,6 @@ def _resample_int(resample):
             f"resample must be a PIL resampling filter (0-5) or a name, got {resample!r}."
         ) from None
 
-
-def _mean_or_std(value, name):
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (tuple, list, np.ndarray)) and len(value) > 0:
-        return [float(v) for v in value]
-    raise ValueError(f"{name} must be a float or a sequence of floats, got {value!r}.")
 
 
 def _copy_list(value):
@@ -240,16 +201,6 @@ def _array_to_rgb(image):
     rgb = alpha * image[..., :3] + (1 - alpha) * white
     return np.round(rgb).astype(image.dtype) if white == 255 else rgb.astype(image.dtype)
 
-
-def _resize_output_size(height, width, size):
-    """(height, width) after resizing to `size` ({"height","width"} or {"shortest_edge"})."""
-    if "shortest_edge" not in size:
-        return size["height"], size["width"]
-    short, long = (width, height) if width <= height else (height, width)
-    new_short = size["shortest_edge"]
-    # torchvision's rule (also transformers'): truncate the long side, never round it.
-    new_long = int(new_short * long / short)
-    return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
 def _pil_resize(image, height, width, resample):
@@ -680,7 +631,7 @@ class DeiTImageProcessor:
 
     def to_json_file(self, path):
         """Writes `to_json_string()` to `path`."""
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(self.to_json_string())
 
     def save_pretrained(self, folder):

@@ -21,11 +21,10 @@ the one the transformers repository's `config.json` carries.
 import difflib
 
 from keras_deit.config import DeiTConfig
+from keras_deit.preprocessing_spec import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 ORIGINAL_BASE_URL = "https://dl.fbaipublicfiles.com/deit/"
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 # Original DeiT evaluation (facebookresearch/deit `datasets.py`, `--eval-crop-ratio` default):
 # shorter side to int(224 / 0.875) = 256, center crop 224. The 384 models are evaluated uncropped.
@@ -167,14 +166,12 @@ PRESETS = {
     ),
 }
 
-# The fields of a preset that fix the architecture (and so the shapes of the weights).
-ARCHITECTURE_FIELDS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size", "image_size",
-    "distilled", "layer_scale",
-)
-
 # Epsilon per weight source: see the module docstring.
 LAYER_NORM_EPS = {"original": 1e-6, "hub": 1e-12}
+
+# DeiT III's LayerScale vectors start at timm's `init_values`; its position embeddings cover
+# the patches only (no class-token entry).
+DEIT3_LAYER_SCALE_INIT = 1e-6
 
 SOURCES = ("original", "hub")
 
@@ -231,7 +228,7 @@ def preset_config(name, source="original"):
         num_labels=p["num_labels"],
         use_distillation_token=p["distilled"],
         class_token_position_embedding=not p["layer_scale"],  # DeiT III: patches only
-        layer_scale_init_value=1e-6 if p["layer_scale"] else None,  # timm's init_values
+        layer_scale_init_value=DEIT3_LAYER_SCALE_INIT if p["layer_scale"] else None,
     )
 
 

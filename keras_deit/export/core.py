@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from keras_deit import atomic
+from keras_deit.preprocessing_spec import _resize_output_size
 from keras_deit.export.artifacts import _build_artifact, describe_artifact, run_artifact
 from keras_deit.export.common import (
     _BUILDER_BACKEND, FORMATS, QUANTIZATIONS, TOLERANCES, ExportError, _disk_full_message,
@@ -346,8 +347,6 @@ def _input_spec(model, preprocessing, input_size, format):
         else:
             input_size = (size["height"], size["width"])
     if format == "tflite" and size is not None and input_size is not None:
-        from keras_deit.image_processing import _resize_output_size
-
         if _resize_output_size(*input_size, size) != tuple(input_size):
             raise ValueError(
                 f"a TFLite file cannot resize inside (the bicubic, antialiased resize of "

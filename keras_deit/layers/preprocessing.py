@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_deit.image_processing import (
+from keras_deit.preprocessing_spec import (
     IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD,
     _mean_or_std,
