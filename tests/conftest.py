@@ -1,13 +1,19 @@
-"""Shared fixtures: the checkpoint folders, a tiny config, and array helpers."""
+"""Shared fixtures (a seeded random state, a tiny config, images); the helpers test modules
+import live in tests/helpers.py."""
 
 import importlib
 import os
+import sys
 
 import keras
 import numpy as np
 import pytest
 
-import keras_deit as kd
+# `from helpers import ...` in the test modules: the folder is on the path whatever pytest's
+# --import-mode (importlib mode does not add it).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from helpers import tiny_config  # noqa: E402
 
 if os.environ.get("CI"):
     # CI installs every optional library the tests use (the `test` extra): there a missing
@@ -16,36 +22,6 @@ if os.environ.get("CI"):
         return importlib.import_module(modname)
 
     pytest.importorskip = _import_or_fail
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
-HF = os.path.join(DATA, "hf")
-TIMM = os.path.join(DATA, "timm")
-
-
-def to_numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def max_abs_diff(a, b):
-    return float(np.max(np.abs(to_numpy(a).astype("float64") - to_numpy(b).astype("float64"))))
-
-
-def tiny_config(**changes):
-    """The architecture of the shared/fixtures HF checkpoints (hidden 48, 2 layers, 32px)."""
-    fields = dict(
-        hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
-        image_size=32, patch_size=8, encoder_stride=8, num_labels=5,
-    )
-    fields.update(changes)
-    return kd.DeiTConfig(**fields)
-
-
-def small_config(**changes):
-    """An even smaller architecture for training tests (hidden 32, one layer, 2 heads)."""
-    fields = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    fields.update(changes)
-    return tiny_config(**fields)
-
 
 @pytest.fixture(autouse=True)
 def seeded():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import max_abs_diff, small_config
+from helpers import max_abs_diff, small_config
 from keras_deit import atomic
 from keras_deit import export as ex
 from keras_deit.export import core as export_core

@@ -1,10 +1,10 @@
-"""Bad input: each problem gets a clear error that names it and the fix."""
+"""keras_deit.checks: bad input gets a clear error that names it and the fix (images, options)."""
 
 import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 import keras_deit as kd
-from keras_deit.cli import class_names, main
-from conftest import HF
+from keras_deit.cli import main
+from keras_deit.inference import class_names
+from helpers import HF
 
 WITH_TEACHER = os.path.join(HF, "with_teacher")
 
@@ -103,6 +104,7 @@ def test_convert_subcommand_help(capsys):
     assert "keras-deit convert" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_backend_flag_switches_backend(photo):
     other = "jax" if keras.backend.backend() != "jax" else "torch"
     env = dict(os.environ)

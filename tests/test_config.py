@@ -6,7 +6,7 @@ import os
 import pytest
 
 import keras_deit as kd
-from conftest import HF
+from helpers import HF
 
 
 def test_defaults_match_transformers():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import HF, TIMM, max_abs_diff
+from helpers import HF, TIMM, max_abs_diff
 from conversion.cli import main
 from conversion.progress import Progress
 

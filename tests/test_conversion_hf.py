@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import HF, max_abs_diff, to_numpy
+from helpers import HF, max_abs_diff, to_numpy
 from conversion import CheckpointError, read_checkpoint
 from conversion.readers import read_safetensors, read_tf_h5
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import max_abs_diff, small_config, to_numpy
+from helpers import max_abs_diff, small_config, to_numpy
 from keras_deit.distillation import (
     DeiTDistiller,
     distillation_loss,

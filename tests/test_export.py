@@ -19,7 +19,7 @@ import keras_deit as kd
 from keras_deit import export as ex
 from keras_deit.export import core as export_core
 from keras_deit.cli import main
-from conftest import HF, tiny_config
+from helpers import HF, tiny_config
 
 WITH_TEACHER = os.path.join(HF, "with_teacher")
 BACKEND = keras.backend.backend()

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import keras_deit
-from keras_deit.cli import BUILTIN_MODELS, load_classifier, main
+from keras_deit.cli import main
+from keras_deit.inference import BUILTIN_MODELS, load_classifier
 
 DATA = os.path.join(os.path.dirname(keras_deit.__file__), "data")
 EXAMPLES = sorted(glob.glob(os.path.join(DATA, "examples", "digit_*.png")))

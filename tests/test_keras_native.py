@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import DATA, HF, max_abs_diff, small_config, tiny_config, to_numpy
+from helpers import DATA, HF, max_abs_diff, small_config, tiny_config, to_numpy
 from keras_deit import keras_native, saving
 
 MODELS = [kd.DeiTModel, kd.DeiTForImageClassification, kd.DeiTForImageClassificationWithTeacher,
@@ -249,7 +249,7 @@ def test_layout_map_names_the_projection_paths(config):
 _MODEL_PARALLEL_SCRIPT = """
 import json, sys, numpy as np, keras, jax
 import keras_deit as kd
-from conftest import small_config
+from helpers import small_config
 devices = int(sys.argv[1])
 keras.utils.set_random_seed(0)
 rng = np.random.RandomState(0)

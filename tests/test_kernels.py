@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import max_abs_diff
+from helpers import max_abs_diff
 from keras_deit import kernels
 
 

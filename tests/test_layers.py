@@ -6,7 +6,7 @@ import pytest
 
 import keras_deit as kd
 from keras_deit.layers import bicubic_resize, pixel_shuffle
-from conftest import max_abs_diff, to_numpy
+from helpers import max_abs_diff, to_numpy
 
 RNG = np.random.RandomState(0)
 TOKENS = RNG.randn(2, 18, 48).astype("float32")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import HF, max_abs_diff, tiny_config, to_numpy
+from helpers import HF, max_abs_diff, tiny_config, to_numpy
 
 MODELS = [
     kd.DeiTModel,
@@ -115,6 +115,7 @@ print(json.dumps(np.asarray(keras.ops.convert_to_numpy(model(images)["logits"]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["weights", "keras"])
 def test_files_saved_on_this_backend_load_on_the_others(kind, config, images, tmp_path):
     model = kd.DeiTForImageClassificationWithTeacher(config)

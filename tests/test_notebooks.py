@@ -24,6 +24,8 @@ EXPECTED = [
     "04_masked_image_modeling.ipynb",
     "05_export.ipynb",
 ]
+pytestmark = pytest.mark.slow  # every notebook runs for minutes
+
 CELL_TIMEOUT = 300  # seconds, per cell
 
 

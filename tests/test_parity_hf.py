@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import HF, max_abs_diff, to_numpy
+from helpers import HF, max_abs_diff, to_numpy
 
 TOLERANCE = 1e-5
 
@@ -110,6 +110,7 @@ def test_channels_last_equals_channels_first():
     assert max_abs_diff(out["logits"], first["logits"]) == 0.0
 
 
+@pytest.mark.slow
 def test_full_size_deit_base_matches_transformers(tmp_path):
     """A random-weight transformers model of deit-base size against ours, on the logits: once
     through `save_pretrained` + `from_pretrained`, once from the in-memory v5 state dict."""

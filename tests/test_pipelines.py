@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import max_abs_diff, small_config, to_numpy
+from helpers import max_abs_diff, small_config, to_numpy
 
 N, BATCH, CLASSES, SIZE, PATCHES = 8, 4, 5, 32, 16
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import to_numpy
+from helpers import to_numpy
 from keras_deit.recipe import (
     DEIT_MAIN_DEFAULTS,
     deit_learning_rate_schedule,

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import HF, TIMM, max_abs_diff
+from helpers import HF, TIMM, max_abs_diff
 from conversion import sources
 from conversion.readers import CheckpointError
 from keras_deit import presets

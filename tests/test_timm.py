@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import TIMM, max_abs_diff
+from helpers import TIMM, max_abs_diff
 from conversion import timm
 from conversion.loading import assign_checkpoint
 from conversion.readers import CheckpointError

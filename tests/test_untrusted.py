@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conftest import HF, TIMM
+from helpers import HF, TIMM
 from conversion.readers import (
     CheckpointError, CorruptCheckpointError, read_checkpoint, read_safetensors,
     read_safetensors_header,
