@@ -3,6 +3,7 @@ the serving function an artifact computes, and the disk-full rule."""
 
 import errno
 import importlib.util
+import os
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
