@@ -67,6 +67,37 @@ def _dtype_name(array):
     return "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
 
 
+def check_layout(model, layout):
+    """Raises `CheckpointError` (one line naming the parts and the fix) when `layout` cannot
+    hold `model`: a variable no row of its key map names (a pooler, mask token or decoder for
+    timm; LoRA factors; quantization scales), a dtype that is not float, a head or variant
+    with no class to read it (DeiT III in transformers), or torch missing for timm's `.pth`.
+    Cheap (no weights are copied), so callers can check before any long work."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` must be one of {LAYOUTS}. Received: layout={layout!r}")
+    if layout == "transformers":
+        transformers_architecture(model)  # first: "no such class" says more than the parts
+    table = hf if layout == "transformers" else timm
+    num_layers = model.config.num_hidden_layers
+    covered = {path for path, _, _ in hf.expand(table.BACKBONE_MAP, num_layers)
+               + hf.expand(table.OPTIONAL_MAP, num_layers)}
+    homeless = [v.path for v in model.weights if v.path not in covered]
+    if homeless:
+        raise CheckpointError(
+            f"The {layout} layout has no place for {type(model).__name__}'s "
+            f"{', '.join(homeless)}: {_homeless_fix(homeless, layout)}."
+        )
+    for variable in model.weights:
+        if str(variable.dtype) not in _SAFETENSORS_NAMES:
+            raise CheckpointError(
+                f"{variable.path} has dtype {variable.dtype}, which the {layout} layout cannot "
+                "store as float weights: save the float model (before `quantize`), or build it "
+                "with dtype='float32'."
+            )
+    if layout == "timm":
+        _require_torch()
+
+
 def state_dict(model, layout):
     """The model's variables as `{name: numpy array}` in `layout`'s names and PyTorch layouts.
 
@@ -77,33 +108,18 @@ def state_dict(model, layout):
             "timm" (timm / facebookresearch names).
 
     Raises:
-        CheckpointError: a variable the layout cannot hold or a dtype it cannot store, naming
-            them and the fix.
+        CheckpointError: see `check_layout`.
     """
+    check_layout(model, layout)
     table = hf if layout == "transformers" else timm
     num_layers = model.config.num_hidden_layers
     rows = hf.expand(table.BACKBONE_MAP, num_layers) + hf.expand(table.OPTIONAL_MAP, num_layers)
     variables = {v.path: v for v in model.weights}
-    covered = {path for path, _, _ in rows}
-    homeless = [path for path in variables if path not in covered]
-    if homeless:
-        raise CheckpointError(
-            f"The {layout} layout has no place for {type(model).__name__}'s "
-            f"{', '.join(homeless)}: {_homeless_fix(homeless, layout)}."
-        )
     out = {}
     for path, names, transform in rows:
-        if path not in variables:
-            continue
-        value = _numpy(variables[path])
-        if _dtype_name(value) not in _SAFETENSORS_NAMES:
-            raise CheckpointError(
-                f"{path} has dtype {value.dtype}, which the {layout} layout cannot store as "
-                "float weights: save the float model (before `quantize`), or cast it with "
-                "dtype='float32'."
-            )
-        for name, array in zip(names, INVERSES[transform](value)):
-            out[name] = np.ascontiguousarray(array)
+        if path in variables:
+            arrays = INVERSES[transform](_numpy(variables[path]))
+            out.update((name, np.ascontiguousarray(a)) for name, a in zip(names, arrays))
     return out
 
 
@@ -287,6 +303,15 @@ def timm_state_dict(model):
     return out
 
 
+def _require_torch():
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError("Writing the timm layout (.pth) needs PyTorch: `pip install "
+                              "torch` (CPU build), or write layout='transformers'.") from None
+    return torch
+
+
 def _torch_tensor(torch, array):
     if _dtype_name(array) == "bfloat16":
         return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
@@ -309,11 +334,7 @@ def save_timm(model, path, overwrite=False):
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: name a .pth file for the timm layout.")
     tensors = timm_state_dict(model)
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError("Writing the timm layout (.pth) needs PyTorch: `pip install "
-                              "torch` (CPU build), or write layout='transformers'.") from None
+    torch = _require_torch()
     state = {name: _torch_tensor(torch, value) for name, value in tensors.items()}
     needed = sum(v.nbytes for v in tensors.values()) + 2**20
     with atomic.replacing(path, overwrite, needed) as tmp:
@@ -324,8 +345,7 @@ def save_timm(model, path, overwrite=False):
 def save_pretrained(model, path, layout="transformers", overwrite=False, image_processor=None):
     """Writes `model` in `layout`: "transformers" (a folder, `save_transformers`) or "timm"
     (a `.pth` file, `save_timm`); returns the path."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"`layout` must be one of {LAYOUTS}. Received: layout={layout!r}")
+    check_layout(model, layout)
     if layout == "timm":
         if image_processor is not None:
             raise ValueError("The timm layout holds weights only: leave out `image_processor`.")
