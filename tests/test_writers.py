@@ -242,3 +242,20 @@ def test_timm_layout_refuses_what_it_cannot_hold(tmp_path):
     with pytest.raises(CheckpointError, match="quantize"):
         quantized.save_pretrained(str(tmp_path / "q.pth"), layout="timm")
     assert sorted(os.listdir(tmp_path)) == ["out.pth"]
+
+
+def test_bfloat16_model_round_trip(tmp_path):
+    """A bfloat16 model is written as BF16 (half the bytes) and read back exactly."""
+    from conversion.readers import read_safetensors_header
+
+    model = kd.DeiTForImageClassification(_tiny(), dtype="bfloat16")
+    folder = str(tmp_path / "out")
+    model.save_pretrained(folder)
+    header, _ = read_safetensors_header(os.path.join(folder, "model.safetensors"))
+    assert {spec.dtype for spec in header.values()} == {"BF16"}
+    back = kd.DeiTForImageClassification.from_pretrained(folder, dtype="bfloat16")
+    for ours, theirs in zip(model.weights, back.weights):
+        assert ours.path == theirs.path
+        np.testing.assert_array_equal(
+            np.asarray(keras.ops.convert_to_numpy(ours.value), "float32"),
+            np.asarray(keras.ops.convert_to_numpy(theirs.value), "float32"), err_msg=ours.path)
