@@ -57,14 +57,10 @@ _TIMM_LAYER_SCALE = {".ls1.gamma": ".gamma_1", ".ls2.gamma": ".gamma_2"}
 
 
 def _numpy(variable):
-    """A variable's value as a little-endian numpy array, bfloat16 kept as bfloat16."""
+    """A variable's value as a numpy array (bfloat16 stays bfloat16, via ml_dtypes)."""
     import keras
 
     return np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value))
-
-
-def _dtype_name(array):
-    return "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
 
 
 def check_layout(model, layout):
@@ -183,7 +179,7 @@ def write_safetensors(path, tensors, metadata=None):
     """
     header, offset, blobs = {}, 0, []
     for name, array in tensors.items():
-        dtype = _SAFETENSORS_NAMES.get(_dtype_name(array))
+        dtype = _SAFETENSORS_NAMES.get(array.dtype.name)
         if dtype is None:
             raise CheckpointError(f"{name}: dtype {array.dtype} cannot be written as safetensors "
                                   "float weights: cast it to float32.")
@@ -313,7 +309,7 @@ def _require_torch():
 
 
 def _torch_tensor(torch, array):
-    if _dtype_name(array) == "bfloat16":
+    if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
     return torch.from_numpy(np.array(array))
 
