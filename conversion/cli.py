@@ -1,4 +1,5 @@
-"""`python -m conversion SOURCE OUTPUT`: convert a DeiT checkpoint into a Keras file.
+"""`python -m conversion SOURCE OUTPUT`: convert a DeiT checkpoint into a Keras file, a
+transformers folder or an original-layout `.pth` (`conversion.writers`).
 
 `main(argv)` is the whole command, so another console script (`keras-deit convert`) can wrap
 it. Exit codes: 0 written, 1 `--verify` found a difference above the tolerance (nothing
@@ -12,10 +13,12 @@ import warnings
 
 from keras_deit import atomic
 from conversion.readers import CheckpointError
-from keras_deit.models import MODEL_CLASSES
+from keras_deit.models import MODEL_CLASSES, DeiTModel
 
 # What OUTPUT may end with, and how each is written.
 OUTPUT_SUFFIXES = (".keras", ".weights.h5")
+# The PyTorch layouts (`conversion.writers`): a folder for transformers, a file for timm.
+TIMM_SUFFIXES = (".pth", ".pt")
 
 
 class _UsageError(Exception):
@@ -32,10 +35,15 @@ def build_parser(prog="python -m conversion"):
     parser = _ArgumentParser(
         prog=prog,
         description="Convert a DeiT checkpoint (preset name, original .pth file or URL, Hugging "
-                    "Face Hub id or folder, .safetensors/.bin file) into a Keras model file.",
+                    "Face Hub id or folder, .safetensors/.bin file) into a Keras model file, or "
+                    "back into a transformers folder or an original-layout .pth.",
     )
     parser.add_argument("source", help="preset name, URL, hub id (owner/name), folder or file")
-    parser.add_argument("output", help="OUTPUT.keras (whole model) or OUTPUT.weights.h5 (weights)")
+    parser.add_argument("output", help="OUTPUT.keras (whole model), OUTPUT.weights.h5 (weights), "
+                                       "OUTPUT.pth (timm layout) or a folder (transformers)")
+    parser.add_argument("--layout", default=None, choices=("transformers", "timm"),
+                        help="write for PyTorch: a transformers folder or an original-layout "
+                             ".pth (default: from OUTPUT's suffix)")
     parser.add_argument("--model-class", default="auto", choices=("auto", *MODEL_CLASSES),
                         help="model to build (default: the checkpoint's own)")
     parser.add_argument("--num-heads", type=int, default=None,
@@ -74,12 +82,29 @@ def _fail(message):
     return 2
 
 
+def output_layout(output, layout=None):
+    """How OUTPUT is written: "keras", or the `--layout` (else inferred: a `.pth` / `.pt` file
+    is "timm", a folder or a name without suffix "transformers")."""
+    if output.endswith(OUTPUT_SUFFIXES):
+        if layout is not None:
+            raise _UsageError(f"--layout {layout} writes for PyTorch, but OUTPUT {output!r} "
+                              "names a Keras file: name a folder or a .pth file")
+        return "keras"
+    if layout is not None:
+        return layout
+    if output.endswith(TIMM_SUFFIXES):
+        return "timm"
+    if os.path.isdir(output) or output.endswith(("/", os.sep)) or "." not in os.path.basename(output):
+        return "transformers"
+    raise _UsageError(
+        "OUTPUT must end with .keras (whole model), .weights.h5 (weights only) or .pth (timm "
+        f"layout), or name a folder (transformers layout; or pass --layout). Received: "
+        f"{output!r}"
+    )
+
+
 def _check_args(args):
-    if not args.output.endswith(OUTPUT_SUFFIXES):
-        raise _UsageError(
-            f"OUTPUT must end with .keras (whole model) or .weights.h5 (weights only). "
-            f"Received: {args.output!r}"
-        )
+    args.layout = output_layout(args.output, args.layout)
     if args.num_heads is not None and args.num_heads <= 0:
         raise _UsageError(f"--num-heads must be a positive int. Received: {args.num_heads}")
     if not args.tolerance >= 0:
@@ -88,8 +113,10 @@ def _check_args(args):
     if not os.path.isdir(folder):
         raise _UsageError(f"the folder of OUTPUT does not exist: {folder}")
     # Checked before the checkpoint is read, so a refusal costs nothing.
-    if os.path.isdir(args.output):
+    if os.path.isdir(args.output) and args.layout != "transformers":
         raise _UsageError(f"OUTPUT {args.output} is a folder: name a file")
+    if os.path.isfile(args.output) and args.layout == "transformers":
+        raise _UsageError(f"OUTPUT {args.output} is a file: the transformers layout is a folder")
     if os.path.lexists(args.output) and not args.overwrite:
         raise _UsageError(f"OUTPUT {args.output} exists: pass --overwrite to replace it, or "
                           "name another file")
@@ -109,12 +136,20 @@ def _convert(args):
     for note in checkpoint.notes:
         print(f"warning: {note}", file=sys.stderr)
     cls = None if args.model_class == "auto" else MODEL_CLASSES[args.model_class]
+    options = {}
+    if args.layout == "timm" and (cls or MODEL_CLASSES[checkpoint.model_class]) is DeiTModel:
+        # timm has no pooler, and a bare model's pooler has no pretrained weights to keep.
+        options["add_pooling_layer"] = False
     with warnings.catch_warnings():
         # Fresh variables are listed in the summary instead.
         warnings.simplefilter("ignore")
-        model = build_model(checkpoint, cls, progress=show)
+        model = build_model(checkpoint, cls, progress=show, **options)
     if show:
         print(summary(model, checkpoint))
+    if args.layout != "keras":
+        from conversion.writers import check_layout
+
+        check_layout(model, args.layout)  # before --verify: refusing costs nothing then
 
     if args.verify:
         from conversion.verify import verify
@@ -132,10 +167,22 @@ def _convert(args):
         print(f"verify: ok against {result.reference} (max-abs difference "
               f"{result.max_difference:.3g} <= {result.tolerance:g})")
 
-    write_atomically(model, args.output)
+    if args.layout == "keras":
+        write_atomically(model, args.output)
+    else:
+        from conversion.writers import save_pretrained
+
+        save_pretrained(model, args.output, layout=args.layout, overwrite=args.overwrite)
     if show:
-        print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")
+        print(f"wrote {args.output} ({args.layout} layout, {_size(args.output) / 1e6:.1f} MB)")
     return 0
+
+
+def _size(path):
+    """Bytes of a file, or of the files of a folder."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
 
 
 def write_atomically(model, output):

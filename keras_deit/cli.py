@@ -65,7 +65,8 @@ def _parser():
 
     commands.add_parser(
         "convert", add_help=False,
-        help="convert a checkpoint into a .keras model (python -m conversion); "
+        help="convert a checkpoint into a .keras model, a transformers folder or a timm .pth "
+        "(python -m conversion); "
         "`keras-deit convert --help` for its options",
     )
     return parser

@@ -15,6 +15,7 @@ PACKAGES = ("keras_deit", "conversion")
 # first use, with a comment saying why.
 LAZY = {
     ("keras_deit.models.base", "conversion"),  # from_pretrained: conversion builds the models
+    ("keras_deit.models.base", "conversion.writers"),  # save_pretrained: the same reason
     ("keras_deit.cli", "conversion.cli"),  # `keras-deit convert`
     ("keras_deit.config", "keras_deit.presets"),  # DeiTConfig.from_preset: presets build configs
     ("keras_deit.export", "keras_deit.cli"),  # the export command's old location

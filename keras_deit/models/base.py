@@ -93,6 +93,22 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
 
         return load_pretrained(cls, source, **kwargs)
 
+    def save_pretrained(self, path, layout="transformers", overwrite=False, image_processor=None):
+        """Writes the model for PyTorch users; `from_pretrained(path)` reads it back exactly.
+
+        `layout="transformers"`: the folder `path` with `config.json`, `model.safetensors` and
+        `preprocessor_config.json` (`image_processor`, by default the checkpoint's own or the
+        DeiT recipe) that transformers' DeiT classes load (ViT ones without a distillation
+        token). `layout="timm"`: the `.pth` file `path`, `{"model": state_dict}` in timm's
+        names, as the original releases (needs torch). An existing `path` is refused unless
+        `overwrite=True`; the output appears whole or not at all. See `conversion.writers`.
+        """
+        # Lazy for the reason given in from_pretrained: conversion builds these classes.
+        from conversion.writers import save_pretrained
+
+        return save_pretrained(self, path, layout=layout, overwrite=overwrite,
+                               image_processor=image_processor)
+
     # ---- input checks (keras_deit.checks) -------------------------------------------------
     def call(self, inputs, training=None, mask=None, **kwargs):
         # Checked here rather than in __call__: JAX's predict/fit reach `call` directly.
