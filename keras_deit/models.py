@@ -91,6 +91,8 @@ class DeiTPreTrainedModel(keras.Model):
         model options, ...). The format readers live in the `conversion` package, which is
         imported here, on first use, so that the modelling code stays free of them.
         """
+        if str(source).endswith(".keras"):  # a saved keras_deit model, e.g. `keras-deit train`'s
+            return _load_keras_file(cls, source, kwargs)
         from conversion import load_pretrained
 
         return load_pretrained(cls, source, **kwargs)
@@ -421,6 +423,20 @@ class DeiTPreTrainedModel(keras.Model):
         # Last: quantization locks the model's attributes.
         if self._pending_quantization is not None:
             self.quantize(self._pending_quantization)
+
+
+def _load_keras_file(cls, path, kwargs):
+    """`from_pretrained` of a .keras file: the saved model itself, if it is a `cls`."""
+    from keras_deit.saving import load_model
+
+    if kwargs:
+        raise ValueError(f"from_pretrained of a .keras file takes no options; it loads the saved "
+                         f"model as it is. Received: {sorted(kwargs)} for {path}")
+    model = load_model(path)
+    if not isinstance(model, cls):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}: load it "
+                         f"with {type(model).__name__}.from_pretrained or keras_deit.load_model.")
+    return model
 
 
 def _itemsize(dtype):
