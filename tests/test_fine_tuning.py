@@ -200,3 +200,12 @@ def test_sigint_leaves_the_last_complete_checkpoint(setup, tmp_path):
     with np.load(checkpoint) as saved:
         assert int(saved["epochs_done"]) >= 1
     assert load_model(output).config.num_labels == 3
+
+
+def test_from_pretrained_of_a_keras_file_checks_the_class_and_options(setup):
+    with pytest.raises(ValueError, match="holds a DeiTForImageClassificationWithTeacher, not a "
+                                         "DeiTForImageClassification"):
+        kd.DeiTForImageClassification.from_pretrained(setup["model"])
+    with pytest.raises(ValueError, match=r"takes no options.*\['num_labels'\]"):
+        kd.DeiTForImageClassificationWithTeacher.from_pretrained(setup["model"], num_labels=2)
+    assert kd.DeiTPreTrainedModel.from_pretrained(setup["model"]).config.num_labels == 3
