@@ -2,6 +2,7 @@
 
     keras-deit predict IMAGE... [--model SOURCE] [--top-k 5] [--backend jax|tensorflow|torch]
     keras-deit convert SOURCE OUTPUT [...]       (same as `python -m conversion`)
+    keras-deit train DATA_DIR [--model SOURCE] [--teacher SOURCE] [...] OUTPUT.keras
     keras-deit export SOURCE --format saved_model|tflite|onnx [--quantize float16|int8]
         [--with-preprocessing] [--input-size HxW] [--overwrite] OUTPUT
 
@@ -63,6 +64,19 @@ def _parser():
                         help="Keras backend to load the model on (default: $KERAS_BACKEND, else "
                         "tensorflow); any works")
 
+    train = commands.add_parser(
+        "train",
+        help="fine-tune (or train from scratch) a classifier on a folder of class folders",
+        description="Train a DeiT classifier on DATA_DIR/<class>/<images> with the DeiT recipe "
+        "(or a light one), optionally distilling a teacher; a checkpoint every epoch, "
+        "--resume, CSV logs. See keras_deit/fine_tuning.py.",
+    )
+    from keras_deit.fine_tuning import add_train_arguments
+
+    add_train_arguments(train)
+    train.add_argument("--backend", choices=BACKENDS,
+                       help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+
     commands.add_parser(
         "convert", add_help=False,
         help="convert a checkpoint into a .keras model, a transformers folder or a timm .pth "
@@ -87,6 +101,10 @@ def main(argv=None):
     try:
         if args.command == "export":
             return export_command(args)
+        if args.command == "train":
+            from keras_deit.fine_tuning import train_command
+
+            return train_command(args)
         return predict(args.images, args.model, args.top_k)
     except (ValueError, OSError, ImportError) as e:
         print(f"keras-deit: error: {_one_line(e)}", file=sys.stderr)

@@ -354,7 +354,7 @@ class DeiTDistiller(TrainerEntryChecks, keras.Model):
             self._check_data(validation_data[0],
                              validation_data[1] if len(validation_data) > 1 else None)
         elif is_dataset(validation_data):
-            self._check_data(validation_data)
+            self._check_data(validation_data, None)  # the labels come from its spec
         spec = is_dataset(x)
         if spec:
             # Shapes and dtypes only, from the dataset's spec: a spec has no values to read.

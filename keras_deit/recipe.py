@@ -1,12 +1,14 @@
 """DeiT's training recipe (facebookresearch/deit `main.py`), piece by piece, from Keras' own parts.
 
-So far: the learning-rate rule and schedule. `DEIT_MAIN_DEFAULTS` holds the values of `main.py`
-that the pieces here take their defaults from, so the two are compared in one place.
+Here: the learning-rate rule and schedule; the data side is `keras_deit.augmentation`, the
+command line `keras_deit.fine_tuning`. `DEIT_MAIN_DEFAULTS` holds the values of `main.py` that
+those pieces take their defaults from, so the two are compared in one place (the README's
+table lists every argument of `main.py` beside ours).
 """
 
 import keras
 
-# facebookresearch/deit `main.py` defaults that the functions below use.
+# facebookresearch/deit `main.py` defaults that keras_deit uses (argument names with "_").
 DEIT_MAIN_DEFAULTS = dict(
     lr=5e-4,  # for a total batch of 512; scaled linearly (`linear_scaled_lr` in main.py)
     warmup_lr=1e-6,
@@ -14,6 +16,25 @@ DEIT_MAIN_DEFAULTS = dict(
     warmup_epochs=5,
     weight_decay=0.05,
     drop_path=0.1,
+    epochs=300,
+    batch_size=64,  # per GPU; deit's paper runs 8 GPUs (a total of 512 at lr 5e-4)
+    input_size=224,
+    model_ema_decay=0.99996,
+    aa="rand-m9-mstd0.5-inc1",
+    train_interpolation="bicubic",
+    smoothing=0.1,
+    reprob=0.25,
+    remode="pixel",
+    recount=1,
+    mixup=0.8,
+    cutmix=1.0,
+    mixup_prob=1.0,
+    mixup_switch_prob=0.5,
+    mixup_mode="batch",
+    repeated_aug_repeats=3,  # RASampler(num_repeats=3) when --repeated-aug (the default)
+    distillation_type="none",
+    distillation_alpha=0.5,
+    distillation_tau=1.0,
 )
 
 # main.py scales `lr` by the total batch over this.

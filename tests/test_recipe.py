@@ -12,8 +12,13 @@ from keras_deit.recipe import (
 
 
 def test_defaults_are_deit_main_py():
-    assert DEIT_MAIN_DEFAULTS == dict(lr=5e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=5,
-                                      weight_decay=0.05, drop_path=0.1)
+    assert DEIT_MAIN_DEFAULTS == dict(
+        lr=5e-4, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=5, weight_decay=0.05, drop_path=0.1,
+        epochs=300, batch_size=64, input_size=224, model_ema_decay=0.99996,
+        aa="rand-m9-mstd0.5-inc1", train_interpolation="bicubic", smoothing=0.1, reprob=0.25,
+        remode="pixel", recount=1, mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+        mixup_mode="batch", repeated_aug_repeats=3, distillation_type="none",
+        distillation_alpha=0.5, distillation_tau=1.0)
 
 
 def test_learning_rate_scales_linearly_with_the_batch():

@@ -87,6 +87,8 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
         model options, ...). The format readers live in the `conversion` package, which is
         imported here, on first use, so that the modelling code stays free of them.
         """
+        if str(source).endswith(".keras"):  # a saved keras_deit model, e.g. `keras-deit train`'s
+            return _load_keras_file(cls, source, kwargs)
         # Lazy, the one import of `conversion` from the models: conversion depends on
         # keras_deit (it builds these classes), so importing it at the top would be a circle.
         from conversion import load_pretrained
@@ -373,3 +375,17 @@ def _check_options(data_format):
         raise ValueError(
             f"`data_format` must be one of {DATA_FORMATS}. Received: data_format={data_format!r}"
         )
+
+
+def _load_keras_file(cls, path, kwargs):
+    """`from_pretrained` of a .keras file: the saved model itself, if it is a `cls`."""
+    from keras_deit.saving import load_model
+
+    if kwargs:
+        raise ValueError(f"from_pretrained of a .keras file takes no options; it loads the saved "
+                         f"model as it is. Received: {sorted(kwargs)} for {path}")
+    model = load_model(path)
+    if not isinstance(model, cls):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}: load it "
+                         f"with {type(model).__name__}.from_pretrained or keras_deit.load_model.")
+    return model

@@ -1,0 +1,509 @@
+"""`keras-deit train`: fine-tune (or train from scratch) a DeiT classifier on a folder of images.
+
+    DATA_DIR/<class>/<image>            a validation split is held out (stratified), or
+    DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>
+
+`train_folder` checks everything before it writes anything (the folder, every image, the
+teacher's classes, the checkpoint for `resume`), then trains with `model.fit` on `tf.data` (any
+backend). Each epoch writes, atomically, `NAME.checkpoint.npz` (student weights and optimizer
+state, for `resume`) and then `NAME.keras` (the student, loadable by `keras-deit predict`,
+`keras-deit export` and `from_pretrained`) beside `preprocessor_config.json`, so an interrupt
+(Ctrl-C) leaves the last complete epoch and never a half-written file. `NAME.log.csv` holds the
+epoch logs (and `NAME.tensorboard/` when TensorBoard is installed). A finished run removes its
+checkpoint.
+
+Unreadable image files are skipped and counted (the summary names the first), so one corrupt
+file does not stop a large run; a class left without any readable image is an error.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_deit.inference import load_classifier
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+RECIPES = ("deit", "light")
+DISTILLATION_CHOICES = ("hard", "soft", "none")
+# The classifier layers, replaced when the folder's classes differ from the checkpoint's.
+HEAD_LAYERS = ("classifier", "cls_classifier", "distillation_classifier")
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """The images `list_image_folder` found: paths and integer labels per split, class names
+    (sorted folder names; label i is `class_names[i]`)."""
+
+    class_names: list
+    train_paths: list
+    train_labels: list
+    val_paths: list
+    val_labels: list
+
+
+def _class_files(folder):
+    """{class name: sorted image paths} of the class folders in `folder`."""
+    classes = sorted(name for name in os.listdir(folder)
+                     if not name.startswith(".") and os.path.isdir(os.path.join(folder, name)))
+    if not classes:
+        raise ValueError(f"{folder} holds no class folders: put the images of each class in a "
+                         f"sub-folder named after it ({os.path.join(folder, 'CLASS', 'IMAGE.png')}).")
+    files = {}
+    for name in classes:
+        path = os.path.join(folder, name)
+        files[name] = sorted(os.path.join(path, f) for f in os.listdir(path)
+                             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        if not files[name]:
+            raise ValueError(f"the class folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}"
+                             "): add images or remove the folder.")
+    return files
+
+
+def list_image_folder(data_dir, validation_split=0.1, seed=0):
+    """The class folders of `data_dir`, and a train / validation split of their images.
+
+    With `data_dir/val/` the split is `train/` and `val/` (same class folders); otherwise
+    `validation_split` of each class (at least one image of a class with two or more) is
+    held out, chosen by `seed`.
+
+    Returns:
+        An `ImageFolder`.
+    """
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"{data_dir} is not a folder: pass a folder with one sub-folder of "
+                         "images per class.")
+    if not 0.0 < validation_split < 1.0:
+        raise ValueError(f"the validation split must be in (0, 1). Received: {validation_split}")
+    val_dir, train_dir = os.path.join(data_dir, "val"), os.path.join(data_dir, "train")
+    if os.path.isdir(val_dir):
+        if not os.path.isdir(train_dir):
+            raise ValueError(f"{data_dir} has a val/ folder but no train/ folder: put the "
+                             "training class folders in train/.")
+        train, val = _class_files(train_dir), _class_files(val_dir)
+        if sorted(train) != sorted(val):
+            raise ValueError(f"train/ and val/ of {data_dir} hold different class folders "
+                             f"({sorted(set(train) ^ set(val))} in only one): use the same.")
+        names = list(train)
+        pairs = [(p, i) for i, n in enumerate(names) for p in train[n]]
+        val_pairs = [(p, i) for i, n in enumerate(names) for p in val[n]]
+    else:
+        files = _class_files(data_dir)
+        names = list(files)
+        rng = np.random.default_rng(seed)
+        pairs, val_pairs = [], []
+        for i, name in enumerate(names):
+            paths = list(files[name])
+            rng.shuffle(paths)
+            held = int(round(len(paths) * validation_split)) if len(paths) > 1 else 0
+            held = min(max(held, 1 if len(paths) > 1 else 0), len(paths) - 1)
+            val_pairs += [(p, i) for p in paths[:held]]
+            pairs += [(p, i) for p in paths[held:]]
+    if len(names) < 2:
+        raise ValueError(f"{data_dir} holds one class folder ({names[0]}); a classifier needs "
+                         "two or more.")
+    return ImageFolder(names, [p for p, _ in pairs], [i for _, i in pairs],
+                       [p for p, _ in val_pairs], [i for _, i in val_pairs])
+
+
+def read_images(paths, labels):
+    """The readable images among `paths` as RGB PIL images, their labels, and the skipped
+    (path, reason) pairs."""
+    from keras_deit.image_processing import load_image
+
+    images, kept, skipped = [], [], []
+    for path, label in zip(paths, labels):
+        try:
+            images.append(load_image(path))
+        except (ValueError, OSError) as e:
+            skipped.append((path, str(e)))
+            continue
+        kept.append(label)
+    return images, kept, skipped
+
+
+def _processor_at(processor, image_size):
+    """`processor` producing `image_size` squares (resize and crop set to it)."""
+    from keras_deit.image_processing import DeiTImageProcessor
+
+    config = processor.to_dict()
+    square = {"height": image_size, "width": image_size}
+    config["size"] = square
+    config["crop_size"] = square
+    return DeiTImageProcessor.from_dict(config)
+
+
+def _copy_weights(source, target, keep_heads):
+    """Copies every variable of `source` whose path and shape `target` shares (the heads only
+    if `keep_heads`); the rest of `target` keeps its initialization."""
+    by_path = {v.path: v for v in source.weights}
+    for variable in target.weights:
+        old = by_path.get(variable.path)
+        head = variable.path.split("/")[0] in HEAD_LAYERS
+        if old is not None and tuple(old.shape) == tuple(variable.shape) and (keep_heads or not head):
+            variable.assign(ops.copy(ops.cast(old.value, variable.dtype)))
+
+
+def build_student(source, class_names, image_size=None, from_scratch=False, drop_path_rate=None,
+                  seed=0):
+    """The model to train and its preprocessing: `source`'s architecture (and weights, unless
+    `from_scratch`) with a head for `class_names` (kept when they are the checkpoint's own),
+    `id2label` set, problem type single-label, at `image_size` (position embeddings resampled).
+
+    Returns:
+        (model, processor).
+    """
+    from keras_deit.training import rebuild_at_image_size
+
+    model, processor = load_classifier(source)
+    size = image_size or model.config.image_hw[0]
+    if size != model.config.image_hw[0] or image_size is not None:
+        processor = _processor_at(processor, size)
+    if tuple(model.config.image_hw) != (size, size):
+        model = rebuild_at_image_size(model, size)
+    id2label = {i: name for i, name in enumerate(class_names)}
+    same_classes = ({int(k): v for k, v in model.config.id2label.items()} == id2label)
+    changes = dict(id2label=id2label, label2id={n: i for i, n in id2label.items()},
+                   problem_type="single_label_classification")
+    if drop_path_rate is not None:
+        changes["drop_path_rate"] = drop_path_rate
+    config = model.config.replace(**changes)
+    keras.utils.set_random_seed(seed)
+    student = type(model).from_config(dict(model.get_config(), config=config))
+    if not from_scratch:
+        _copy_weights(model, student, keep_heads=same_classes)
+    return student, processor
+
+
+def _teacher_preprocessing(student_processor, teacher_processor, teacher_size):
+    """Student pixels -> the teacher's: undo the student's normalization, apply the teacher's,
+    resize (bilinear) when the sizes differ; None when nothing differs."""
+    s_mean, s_std = (np.asarray(student_processor.image_mean, "float32"),
+                     np.asarray(student_processor.image_std, "float32"))
+    t_mean, t_std = (np.asarray(teacher_processor.image_mean, "float32"),
+                     np.asarray(teacher_processor.image_std, "float32"))
+    same_norm = np.array_equal(s_mean, t_mean) and np.array_equal(s_std, t_std)
+    student_size = student_processor.crop_size["height"] if student_processor.do_center_crop \
+        else student_processor.size.get("height")
+    if same_norm and student_size == teacher_size:
+        return None
+
+    def preprocess(images):
+        images = (images * s_std + s_mean - t_mean) / t_std
+        if student_size != teacher_size:
+            images = ops.image.resize(images, (teacher_size, teacher_size), "bilinear")
+        return images
+
+    return preprocess
+
+
+def load_teacher(source, num_classes):
+    """The teacher classifier and its processor; its class count must be `num_classes`."""
+
+    teacher, processor = load_classifier(source)
+    if teacher.config.num_labels != num_classes:
+        raise ValueError(f"the teacher {source} has {teacher.config.num_labels} classes and the "
+                         f"data {num_classes}: pass a teacher trained on these {num_classes} "
+                         "classes.")
+    return teacher, processor
+
+
+def _paths(output):
+    stem = output[: -len(".keras")]
+    return dict(checkpoint=stem + ".checkpoint.npz", log=stem + ".log.csv",
+                tensorboard=stem + ".tensorboard",
+                preprocessor=os.path.join(os.path.dirname(os.path.abspath(output)),
+                                          "preprocessor_config.json"))
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After each epoch, atomically: the training state (student weights by path, optimizer
+    variables in order, the epoch count) to `checkpoint`, then the student to `output`."""
+
+    def __init__(self, student, checkpoint, output):
+        super().__init__()
+        self.student, self.checkpoint, self.output = student, checkpoint, output
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_deit.atomic import replacing
+
+        arrays = {f"weight_{i}": ops.convert_to_numpy(v.value)
+                  for i, v in enumerate(self.student.weights)}
+        arrays.update({f"optimizer_{i}": ops.convert_to_numpy(v.value)
+                       for i, v in enumerate(self.model.optimizer.variables)})
+        arrays["paths"] = np.array([v.path for v in self.student.weights])
+        arrays["epochs_done"] = np.array(epoch + 1)
+        with replacing(self.checkpoint) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        self.student.save(self.output)
+
+
+def restore_checkpoint(path, student, trainer):
+    """Loads an `EpochCheckpoint` into `student` and the (built) optimizer of `trainer`;
+    returns the epochs it had completed."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--resume: there is no checkpoint {path} (a finished run removes it): "
+                         "run without --resume to start training.")
+    with np.load(path) as saved:
+        paths = [str(p) for p in saved["paths"]]
+        if paths != [v.path for v in student.weights]:
+            raise ValueError(f"the checkpoint {path} holds another model's variables: resume "
+                             "with the same --model, --lora and --image-size.")
+        optimizer = trainer.optimizer
+        optimizer.build(trainer.trainable_variables)
+        count = sum(1 for k in saved.files if k.startswith("optimizer_"))
+        if count != len(optimizer.variables):
+            raise ValueError(f"the checkpoint {path} holds another optimizer state: resume with "
+                             "the same options as the run that wrote it.")
+        for i, variable in enumerate(student.weights):
+            variable.assign(saved[f"weight_{i}"])
+        for i, variable in enumerate(optimizer.variables):
+            variable.assign(saved[f"optimizer_{i}"])
+        return int(saved["epochs_done"])
+
+
+def head_accuracies(model, pixel_values, labels, batch_size):
+    """{output name: accuracy} of every classification head on (pixel_values, labels)."""
+    outputs = model.predict(pixel_values, batch_size=batch_size, verbose=0)
+    labels = np.asarray(labels)
+    return {name: float(np.mean(np.argmax(np.asarray(outputs[name]), -1) == labels))
+            for name in ("logits", "cls_logits", "distillation_logits") if name in outputs}
+
+
+def _check_choices(recipe, distillation, epochs, batch_size, image_size, lora, output):
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {RECIPES}. Received: {recipe!r}")
+    if distillation not in DISTILLATION_CHOICES:
+        raise ValueError(f"--distillation must be one of {DISTILLATION_CHOICES}. Received: "
+                         f"{distillation!r}")
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size),
+                        ("--image-size", image_size or 1)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1. Received: {value}")
+    if lora is not None and lora < 1:
+        raise ValueError(f"--lora must be a rank of at least 1. Received: {lora}")
+    if not str(output).endswith(".keras"):
+        raise ValueError(f"the output must be a .keras file. Received: {output}")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {output}: the folder {folder} does not exist.")
+
+
+def train_folder(data_dir, output, model="deit-digits", teacher=None, distillation="hard",
+                 epochs=10, batch_size=64, image_size=None, lora=None, recipe="deit",
+                 resume=False, from_scratch=False, validation_split=0.1, ema_decay=None,
+                 learning_rate=None, warmup_epochs=None, seed=0, verbose=1, print_fn=print):
+    """Trains `model` (a `keras-deit predict` source) on the class folders of `data_dir` and
+    writes the student to `output` (.keras) with `preprocessor_config.json` beside it.
+
+    Args:
+        recipe: "deit" (`keras_deit.augmentation.deit_train_dataset`, drop path 0.1) or
+            "light" (the checkpoint's own preprocessing only; integer labels).
+        teacher: None or a source of a classifier with the same classes; with
+            `distillation` "hard" or "soft" the student must have a distillation head.
+        ema_decay: None, or the decay of Keras' optimizer EMA (deit: 0.99996); Keras writes
+            the averaged weights into the model at the end, which needs ~1 / (1 - decay) steps
+            to move away from the start.
+        from_scratch: the source's architecture with freshly initialized weights.
+        learning_rate: the rate for a batch of 512, scaled linearly (deit: 5e-4).
+        warmup_epochs: deit's 5, or fewer when `epochs` is not larger.
+        Everything else as `keras-deit train --help` says.
+
+    Returns:
+        A dict: `accuracy` ({head: validation accuracy}), `epochs`, `skipped` (paths),
+        `output`.
+    """
+    from keras_deit.atomic import replacing
+    from keras_deit.augmentation import deit_train_dataset
+    from keras_deit.distillation import DeiTDistiller
+    from keras_deit.models import DeiTForImageClassificationWithTeacher
+    from keras_deit.recipe import DEIT_MAIN_DEFAULTS, deit_learning_rate_schedule
+    from keras_deit.training import deit_adamw
+    import tensorflow as tf
+
+    output = os.fspath(output)
+    _check_choices(recipe, distillation, epochs, batch_size, image_size, lora, output)
+    paths = _paths(output)
+    if resume and not os.path.isfile(paths["checkpoint"]):
+        raise ValueError(f"--resume: there is no checkpoint {paths['checkpoint']} (a finished "
+                         "run removes it): run without --resume to start training.")
+    folder = list_image_folder(data_dir, validation_split, seed)
+    num_classes = len(folder.class_names)
+    train_images, train_labels, skipped = read_images(folder.train_paths, folder.train_labels)
+    val_images, val_labels, val_skipped = read_images(folder.val_paths, folder.val_labels)
+    skipped += val_skipped
+    missing = sorted(set(range(num_classes)) - set(train_labels))
+    if missing:
+        raise ValueError(f"no readable training image in the class folder(s) "
+                         f"{[folder.class_names[i] for i in missing]} ({len(skipped)} unreadable "
+                         f"files, e.g. {skipped[0][1] if skipped else ''}).")
+    if not val_images:
+        raise ValueError(f"{data_dir} leaves no validation image: add images, or a val/ folder.")
+    drop_path = DEIT_MAIN_DEFAULTS["drop_path"] if recipe == "deit" else None
+    student, processor = build_student(model, folder.class_names, image_size, from_scratch,
+                                       drop_path, seed)
+    distilled = teacher is not None and distillation != "none"
+    if distilled and not isinstance(student, DeiTForImageClassificationWithTeacher):
+        raise ValueError(f"--teacher with --distillation {distillation} needs a student with a "
+                         f"distillation head; {model} is a {type(student).__name__}: use a "
+                         "distilled DeiT, or --distillation none.")
+    teacher_model = teacher_processor = None
+    if distilled:
+        teacher_model, teacher_processor = load_teacher(teacher, num_classes)
+    size = student.config.image_hw[0]
+    existing = paths["preprocessor"]
+    if os.path.isfile(existing):
+        with open(existing, encoding="utf-8") as f:
+            if json.load(f) != json.loads(processor.to_json_string()):
+                raise ValueError(f"{existing} holds another preprocessing: write {output} into "
+                                 "another folder (predict reads the preprocessor_config.json "
+                                 "beside the model).")
+
+    # ---- data ---------------------------------------------------------------------------
+    val_pixels = processor(val_images, return_tensors="np")["pixel_values"]
+    if recipe == "deit":
+        pictures = np.stack([np.asarray(image.resize((size, size), 3)) for image in train_images])
+        train_ds = deit_train_dataset(pictures, train_labels, num_classes, batch_size, size,
+                                      processor.image_mean, processor.image_std, seed=seed)
+        val_targets = np.eye(num_classes, dtype="float32")[val_labels]
+        metric = "categorical_accuracy"
+    else:
+        pixels = processor(train_images, return_tensors="np")["pixel_values"]
+        train_ds = (tf.data.Dataset.from_tensor_slices((pixels, np.asarray(train_labels, "int32")))
+                    .shuffle(len(pixels), seed=seed).batch(batch_size, drop_remainder=True))
+        val_targets = np.asarray(val_labels, "int32")
+        metric = "sparse_categorical_accuracy"
+    steps = int(train_ds.cardinality())
+    if steps < 1:
+        raise ValueError(f"{len(train_labels)} training images make no full batch of "
+                         f"{batch_size}: lower --batch-size.")
+    val_ds = tf.data.Dataset.from_tensor_slices((val_pixels, val_targets)).batch(batch_size)
+
+    # ---- model, optimizer, state ----------------------------------------------------------
+    if lora:
+        student.enable_lora(lora)
+    warmup = DEIT_MAIN_DEFAULTS["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+    schedule = deit_learning_rate_schedule(
+        batch_size, steps, epochs, base_learning_rate=learning_rate or DEIT_MAIN_DEFAULTS["lr"],
+        warmup_epochs=min(warmup, epochs - 1))
+    optimizer = deit_adamw(schedule, DEIT_MAIN_DEFAULTS["weight_decay"],
+                           **(dict(use_ema=True, ema_momentum=ema_decay) if ema_decay else {}))
+    if distilled:
+        trainer = DeiTDistiller(student, teacher_model, distillation,
+                                teacher_preprocessing=_teacher_preprocessing(
+                                    processor, teacher_processor,
+                                    teacher_model.config.image_hw[0]))
+    else:
+        trainer = student
+    trainer.compile(optimizer=optimizer, metrics=[metric])
+    initial_epoch = 0
+    if resume:
+        initial_epoch = restore_checkpoint(paths["checkpoint"], student, trainer)
+        if initial_epoch >= epochs:
+            raise ValueError(f"--resume: the checkpoint has {initial_epoch} epochs done; ask "
+                             f"for more than {initial_epoch} with --epochs.")
+    elif os.path.isfile(paths["checkpoint"]):
+        print_fn(f"starting over: {paths['checkpoint']} (an interrupted run) will be replaced; "
+                 "pass --resume to continue it instead")
+
+    # ---- train ----------------------------------------------------------------------------
+    with replacing(existing) as tmp:
+        processor.to_json_file(tmp)
+    # The log first: an epoch's row is written before its checkpoint, so a run interrupted
+    # after a checkpoint has logged every epoch it holds.
+    callbacks = [keras.callbacks.CSVLogger(paths["log"], append=resume),
+                 EpochCheckpoint(student, paths["checkpoint"], output)]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False,
+                                                     profile_batch=0))
+    print_fn(f"training {type(student).__name__} on {len(train_labels)} images of "
+             f"{num_classes} classes ({len(val_labels)} for validation), recipe {recipe}"
+             f"{f', teacher {teacher} ({distillation})' if distilled else ''}, "
+             f"{epochs} epochs of {steps} steps")
+    trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                callbacks=callbacks, verbose=verbose)
+    if lora:
+        from keras_deit.keras_native import merge_lora
+
+        student = merge_lora(student)
+        student.save(output)
+    os.remove(paths["checkpoint"])
+
+    # ---- summary --------------------------------------------------------------------------
+    accuracy = head_accuracies(student, val_pixels, val_labels, batch_size)
+    print_fn(f"wrote {output} ({epochs} epochs); validation accuracy on {len(val_labels)} "
+             "images: " + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
+    if skipped:
+        print_fn(f"skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0][1]}")
+    return dict(accuracy=accuracy, epochs=epochs, skipped=[p for p, _ in skipped], output=output)
+
+
+# ---- command line (`keras-deit train`) ---------------------------------------------------------
+def add_train_arguments(parser):
+    """The arguments of `keras-deit train` on an argparse parser."""
+    parser.add_argument("data_dir", metavar="DATA_DIR",
+                        help="one sub-folder of images per class (or train/ and val/ holding them)")
+    parser.add_argument("output", metavar="OUTPUT.keras", help="the trained model")
+    parser.add_argument("--model", default="deit-digits", metavar="SOURCE",
+                        help="what to start from: a built-in model, a .keras file, an HF folder, "
+                        "a .pth file, a preset or a hub id (as for predict; default deit-digits)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="use only the architecture of --model, freshly initialized")
+    parser.add_argument("--teacher", metavar="SOURCE",
+                        help="a classifier of the same classes to distil from")
+    parser.add_argument("--distillation", choices=DISTILLATION_CHOICES, default="hard",
+                        help="with --teacher: DeiT's hard (default) or soft distillation, or none")
+    parser.add_argument("--epochs", type=int, default=10, help="default 10")
+    parser.add_argument("--batch-size", type=int, default=64, help="default 64")
+    parser.add_argument("--image-size", type=int,
+                        help="train at this size (default: the model's); position embeddings "
+                        "are resampled")
+    parser.add_argument("--lora", type=int, metavar="RANK",
+                        help="train LoRA adapters of this rank (and the heads), merged at the end")
+    parser.add_argument("--recipe", choices=RECIPES, default="deit",
+                        help="deit: DeiT's augmentation, mixup/cutmix, smoothing, repeated "
+                        "augmentation, drop path (default); light: the checkpoint's "
+                        "preprocessing only")
+    parser.add_argument("--lr", type=float,
+                        help="learning rate for a batch of 512, scaled linearly (deit: 5e-4)")
+    parser.add_argument("--warmup-epochs", type=int,
+                        help="linear warmup epochs before the cosine (deit: 5; fewer if --epochs "
+                        "is not larger)")
+    parser.add_argument("--validation-split", type=float, default=0.1,
+                        help="share of each class held out when DATA_DIR has no val/ (0.1)")
+    parser.add_argument("--ema-decay", type=float,
+                        help="keep an EMA of the weights (deit: 0.99996) and write it at the end")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run that wrote OUTPUT's checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
+
+
+def train_command(args, out=None):
+    """Runs `keras-deit train` for parsed `args`; returns the exit code (130 on Ctrl-C)."""
+    import sys
+
+    out = out or sys.stdout
+
+    def say(line):
+        print(line, file=out, flush=True)
+
+    try:
+        train_folder(args.data_dir, args.output, model=args.model, teacher=args.teacher,
+                     distillation=args.distillation, epochs=args.epochs,
+                     batch_size=args.batch_size, image_size=args.image_size, lora=args.lora,
+                     recipe=args.recipe, resume=args.resume, from_scratch=args.from_scratch,
+                     validation_split=args.validation_split, ema_decay=args.ema_decay,
+                     learning_rate=args.lr, warmup_epochs=args.warmup_epochs, seed=args.seed, print_fn=say)
+    except KeyboardInterrupt:
+        done = os.path.isfile(_paths(args.output)["checkpoint"])
+        print(f"keras-deit: interrupted; {args.output} and its checkpoint hold the last "
+              "complete epoch: continue with --resume" if done else
+              "keras-deit: interrupted before the first epoch ended; nothing was written",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,211 @@
+"""`keras-deit train` (keras_deit.fine_tuning): a folder of class folders in, a model that
+predict, export and from_pretrained load out; checkpoints, resume, Ctrl-C, bad input."""
+
+import csv
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_deit as kd
+from keras_deit import fine_tuning
+from keras_deit.cli import main
+from keras_deit.saving import load_model
+
+CLASSES = ("circle", "cross", "square")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _picture(kind, rng):
+    image = np.zeros((32, 32), "uint8")
+    if kind == "square":
+        image[8:24, 8:24] = 255
+    elif kind == "cross":
+        image[14:18, :] = image[:, 14:18] = 255
+    else:
+        yy, xx = np.mgrid[:32, :32]
+        image[(yy - 16) ** 2 + (xx - 16) ** 2 < 64] = 255
+    noise = rng.integers(0, 40, image.shape).astype("uint8")
+    return np.maximum(image, noise)
+
+
+def _write_folder(root, per_class=6, classes=CLASSES):
+    rng = np.random.default_rng(0)
+    for kind in classes:
+        os.makedirs(os.path.join(root, kind), exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(_picture(kind, rng)).save(os.path.join(root, kind, f"{i}.png"))
+    return str(root)
+
+
+def _write_model(folder, num_labels, distilled=True):
+    os.makedirs(folder, exist_ok=True)
+    config = kd.DeiTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, image_size=32, patch_size=8,
+                           num_labels=num_labels, layer_norm_eps=1e-6)
+    cls = kd.DeiTForImageClassificationWithTeacher if distilled else kd.DeiTForImageClassification
+    path = os.path.join(folder, "model.keras")
+    cls(config).save(path)
+    kd.DeiTImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False,
+                          image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return dict(data=_write_folder(root / "data"), model=_write_model(str(root / "src"), 3),
+                other=_write_model(str(root / "other"), 4))
+
+
+def _files(folder):
+    return sorted(os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "**"),
+                                                                  recursive=True))
+
+
+def test_train_light_loads_in_predict_export_and_from_pretrained(setup, tmp_path, capsys):
+    data = str(tmp_path / "data")
+    _write_folder(data)
+    with open(os.path.join(data, "cross", "broken.png"), "wb") as f:
+        f.write(b"not a png")
+    output = str(tmp_path / "out" / "model.keras")
+    os.makedirs(os.path.dirname(output))
+    assert main(["train", data, output, "--model", setup["model"], "--recipe", "light",
+                 "--epochs", "2", "--batch-size", "4", "--lr", "0.05"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation accuracy on 3 images: logits" in printed and "distillation_logits" in printed
+    assert "skipped 1 unreadable image file(s), e.g. cannot read" in printed
+    model = kd.DeiTForImageClassificationWithTeacher.from_pretrained(output)
+    assert [model.config.id2label[i] for i in range(3)] == list(CLASSES)
+    assert not os.path.exists(output[:-6] + ".checkpoint.npz")  # a finished run removes it
+    with open(output[:-6] + ".log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    assert main(["predict", os.path.join(data, "square", "0.png"), "--model", output,
+                 "--top-k", "3"]) == 0
+    predicted = capsys.readouterr().out
+    assert all(name in predicted for name in CLASSES), predicted
+    assert main(["export", output, "--format", "onnx", str(tmp_path / "model.onnx")]) == 0
+    assert os.path.isfile(tmp_path / "model.onnx")
+
+
+def test_interrupt_then_resume_with_a_teacher(setup, tmp_path, capsys,
+                                                                  monkeypatch):
+    output = str(tmp_path / "model.keras")
+    save = fine_tuning.EpochCheckpoint.on_epoch_end
+
+    def save_then_interrupt(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fine_tuning.EpochCheckpoint, "on_epoch_end", save_then_interrupt)
+    args = ["train", setup["data"], output, "--model", setup["model"], "--teacher",
+            setup["model"], "--recipe", "light", "--epochs", "2", "--batch-size", "4",
+            "--validation-split", "0.2"]
+    assert main(args) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    checkpoint = output[:-6] + ".checkpoint.npz"
+    with np.load(checkpoint) as saved:
+        assert int(saved["epochs_done"]) == 1
+    assert load_model(output).config.num_labels == 3
+    monkeypatch.setattr(fine_tuning.EpochCheckpoint, "on_epoch_end", save)
+    assert main(args + ["--resume"]) == 0
+    with open(output[:-6] + ".log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    assert not os.path.exists(checkpoint)
+
+
+def test_from_scratch_with_lora_and_another_image_size(setup, tmp_path):
+    result = fine_tuning.train_folder(setup["data"], str(tmp_path / "m.keras"),
+                                      model=setup["model"], from_scratch=True, lora=2,
+                                      image_size=16, recipe="light", epochs=1, batch_size=4,
+                                      verbose=0, print_fn=lambda line: None)
+    model = load_model(result["output"])
+    assert model.config.image_hw == (16, 16)
+    assert not any("lora" in v.path for v in model.weights)  # merged at the end
+    assert set(result["accuracy"]) == {"logits", "cls_logits", "distillation_logits"}
+
+
+def _bad(setup, tmp_path, capsys, data, *extra):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir(exist_ok=True)
+    before = _files(str(out_dir))
+    code = main(["train", str(data), str(out_dir / "m.keras"), "--model", setup["model"],
+                 "--epochs", "1", "--batch-size", "4", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("keras-deit: error:"), err
+    assert _files(str(out_dir)) == before  # nothing written
+    return err[0]
+
+
+def test_empty_folder(setup, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "holds no class folders" in _bad(setup, tmp_path, capsys, tmp_path / "empty")
+
+
+def test_class_folder_without_images(setup, tmp_path, capsys):
+    data = _write_folder(tmp_path / "data", per_class=3, classes=CLASSES[:2])
+    os.makedirs(os.path.join(data, "square"))
+    assert "class folder" in _bad(setup, tmp_path, capsys, data) and "square" in \
+        _bad(setup, tmp_path, capsys, data)
+
+
+def test_class_of_unreadable_images_only(setup, tmp_path, capsys):
+    data = _write_folder(tmp_path / "data", per_class=3, classes=CLASSES[:2])
+    os.makedirs(os.path.join(data, "square"))
+    for i in range(3):
+        with open(os.path.join(data, "square", f"{i}.png"), "wb") as f:
+            f.write(b"broken")
+    line = _bad(setup, tmp_path, capsys, data)
+    assert "no readable training image" in line and "square" in line
+
+
+def test_teacher_with_another_class_count(setup, tmp_path, capsys):
+    line = _bad(setup, tmp_path, capsys, setup["data"], "--teacher", setup["other"])
+    assert "has 4 classes and the data 3" in line
+
+
+def test_resume_without_a_checkpoint(setup, tmp_path, capsys):
+    line = _bad(setup, tmp_path, capsys, setup["data"], "--resume")
+    assert "--resume: there is no checkpoint" in line
+
+
+def test_sigint_leaves_the_last_complete_checkpoint(setup, tmp_path):
+    output = str(tmp_path / "model.keras")
+    checkpoint = output[:-6] + ".checkpoint.npz"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_deit.cli", "train", setup["data"], output, "--model",
+         setup["model"], "--recipe", "light", "--epochs", "1000", "--batch-size", "4"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not os.path.exists(checkpoint) and process.poll() is None:
+            assert time.time() < deadline, "no epoch finished in time"
+            time.sleep(0.2)
+        time.sleep(0.5)  # somewhere in a later epoch, possibly inside a save
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "continue with --resume" in err
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # no half-written file
+    with np.load(checkpoint) as saved:
+        assert int(saved["epochs_done"]) >= 1
+    assert load_model(output).config.num_labels == 3
+
+
+def test_from_pretrained_of_a_keras_file_checks_the_class_and_options(setup):
+    with pytest.raises(ValueError, match="holds a DeiTForImageClassificationWithTeacher, not a "
+                                         "DeiTForImageClassification"):
+        kd.DeiTForImageClassification.from_pretrained(setup["model"])
+    with pytest.raises(ValueError, match=r"takes no options.*\['num_labels'\]"):
+        kd.DeiTForImageClassificationWithTeacher.from_pretrained(setup["model"], num_labels=2)
+    assert kd.DeiTPreTrainedModel.from_pretrained(setup["model"]).config.num_labels == 3
