@@ -26,6 +26,7 @@ import numpy as np
 
 from conversion import timm
 from conversion.readers import CheckpointError
+from conversion.writers import write_safetensors
 
 # Outputs compared; `pooler_output` is left out: the pooler has no pretrained weights.
 COMPARED = ("last_hidden_state", "logits", "cls_logits", "distillation_logits", "reconstruction")
@@ -175,8 +176,6 @@ def _transformers_outputs(model, checkpoint, pixel_values, mask):
 
 def _write_transformers_folder(folder, model, checkpoint):
     """config.json + model.safetensors in transformers' names, for `from_pretrained`."""
-    from safetensors.numpy import save_file
-
     if checkpoint.format == "timm":
         tensors = timm.to_transformers(checkpoint.tensors)
         if type(model).__name__ == "DeiTForImageClassification":
@@ -189,8 +188,8 @@ def _write_transformers_folder(folder, model, checkpoint):
     config["architectures"] = [_transformers_class(model)]
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f)
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
-              os.path.join(folder, "model.safetensors"))
+    write_safetensors(os.path.join(folder, "model.safetensors"),
+                      {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()})
 
 
 def timm_reference(state, config, pixel_values):
