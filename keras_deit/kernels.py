@@ -53,3 +53,108 @@ def linear(inputs, kernel, bias=None):
     """`inputs @ kernel + bias`, (..., in) x (in, out) + (out,) -> (..., out), in the fastest
     form on this backend: `linear_reference`, or the PyTorch `addmm` path."""
     return _LINEAR(inputs, kernel, bias)
+
+
+def attention_reference(qkv, num_heads, scale):
+    """Softmax attention from fused projections in `keras.ops`:
+    (batch, len, 3 * hidden) -> (batch, len, hidden).
+
+    Columns [0:hidden] of `qkv` are the query, [hidden:2 hidden] the key, the rest the value,
+    each split into `num_heads` heads; `scale` multiplies the query-key products.
+    `ops.unstack`, not slicing: on TensorFlow the gradient of three strided slices costs more
+    than the attention itself.
+    """
+    batch, length, width = ops.shape(qkv)
+    head_dim = width // (3 * num_heads)
+    qkv = ops.reshape(qkv, (batch, length, 3, num_heads, head_dim))
+    query, key, value = ops.unstack(qkv, 3, axis=2)  # (batch, len, heads, dim)
+    context = ops.dot_product_attention(query, key, value, scale=scale)
+    return ops.reshape(context, (batch, length, num_heads * head_dim))
+
+
+def _torch_attention(qkv, num_heads, scale):
+    """PyTorch: SDPA on strided views of the fused tensor. `keras.ops.dot_product_attention`
+    makes q, k and v contiguous first (three copies per layer, a tenth of deit-tiny's batch-1
+    forward pass); the CPU flash kernel reads the views as they are."""
+    import torch
+
+    batch, length, width = qkv.shape
+    head_dim = width // (3 * num_heads)
+    # (batch, len, 3, heads, dim) -> three (batch, heads, len, dim) views, no copy.
+    query, key, value = qkv.view(batch, length, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    context = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scale)
+    return context.transpose(1, 2).reshape(batch, length, width // 3)
+
+
+_ATTENTION = _torch_attention if keras.backend.backend() == "torch" else attention_reference
+
+
+def attention(qkv, num_heads, scale):
+    """Softmax attention from fused q/k/v projections, (batch, len, 3 * hidden) ->
+    (batch, len, hidden), in the fastest form on this backend: `attention_reference` or the
+    PyTorch SDPA-on-views path. See `attention_reference` for the layout."""
+    return _ATTENTION(qkv, num_heads, scale)
+
+
+def layer_norm(layer, inputs):
+    """Applies a built `keras.layers.LayerNormalization` `layer` over the last axis:
+    (..., width) -> (..., width), in the layer's compute dtype.
+
+    Called from inside an owner layer's `call`. A layer normalizing the last axis with both
+    `gamma` and `beta` runs `layer_norm_function` on its variables; any other layer
+    (RMS scaling, no centre or scale, other axes) runs its own `call`.
+    """
+    if layer.rms_scaling or not (layer.center and layer.scale) or list(layer.axis) != [-1]:
+        return layer.call(inputs)
+    outputs = layer_norm_function(inputs, layer.gamma.value, layer.beta.value, layer.epsilon)
+    return ops.cast(outputs, layer.compute_dtype)
+
+
+def layer_norm_reference(inputs, gamma, beta, epsilon):
+    """LayerNorm over the last axis in `keras.ops`: (..., width), (width,), (width,) ->
+    (..., width) in the input's dtype, computed in float32 or wider (as Keras does)."""
+    return ops.layer_normalization(inputs, gamma, beta, axis=-1, epsilon=epsilon)
+
+
+def _torch_layer_norm(inputs, gamma, beta, epsilon):
+    """PyTorch: `nn.functional.layer_norm` directly, the kernel `keras.ops` reaches too, minus
+    its Python dispatch (a fifth of the time of the small LayerNorms of deit-tiny at batch 1)."""
+    import torch
+
+    x = inputs if inputs.dtype in (torch.float32, torch.float64) else inputs.float()
+    outputs = torch.nn.functional.layer_norm(
+        x, x.shape[-1:], gamma.to(x.dtype), beta.to(x.dtype), epsilon
+    )
+    return outputs.to(inputs.dtype)
+
+
+_LAYER_NORM = _torch_layer_norm if keras.backend.backend() == "torch" else layer_norm_reference
+
+
+def layer_norm_function(inputs, gamma, beta, epsilon):
+    """LayerNorm over the last axis, (..., width) -> (..., width) in the input's dtype, in the
+    fastest form on this backend: `layer_norm_reference` or the direct PyTorch call."""
+    return _LAYER_NORM(inputs, gamma, beta, epsilon)
+
+
+def gelu_reference(x):
+    """The exact (erf) GELU in `keras.ops`, any shape; `keras.ops.gelu` defaults to the tanh
+    approximation, hence `approximate=False`."""
+    return ops.gelu(x, approximate=False)
+
+
+def _torch_gelu(x):
+    """PyTorch: `nn.functional.gelu` (exact erf form, its default) without Keras' dispatch."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):  # numpy input, as `keras.ops.gelu` accepts
+        x = ops.convert_to_tensor(x)
+    return torch.nn.functional.gelu(x)
+
+
+_GELU = _torch_gelu if keras.backend.backend() == "torch" else gelu_reference
+
+
+def gelu(x):
+    """The exact (erf) GELU, any shape, in the fastest form on this backend."""
+    return _GELU(x)

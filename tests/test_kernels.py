@@ -51,3 +51,79 @@ def test_dense_kernel_equals_the_keras_layer(state):
     assert keras.backend.standardize_dtype(got.dtype) == layer.compute_dtype
     # bfloat16: one rounding (addmm) against two (matmul, then add): one ulp at |x| < 4.
     assert max_abs_diff(got, expected) <= (1.6e-2 if dtype else 1e-5)
+
+
+def _numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")))
+
+
+def _attention_numpy(qkv, num_heads, scale):
+    """softmax(q k^T * scale) v per head, in float64: (batch, len, 3 * hidden) -> (batch, len,
+    hidden)."""
+    batch, length, width = qkv.shape
+    heads = qkv.astype("float64").reshape(batch, length, 3, num_heads, -1)
+    q, k, v = heads.transpose(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(0, 1, 3, 2) * scale
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return (probs @ v).transpose(0, 2, 1, 3).reshape(batch, length, width // 3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_equals_its_reference(dtype):
+    qkv = np.random.RandomState(2).randn(2, 9, 3 * 16).astype("float32")
+    tensor = keras.ops.cast(keras.ops.convert_to_tensor(qkv), dtype)
+    fast = kernels.attention(tensor, 2, 8**-0.5)
+    reference = kernels.attention_reference(tensor, 2, 8**-0.5)
+    assert tuple(fast.shape) == (2, 9, 16)
+    assert keras.backend.standardize_dtype(fast.dtype) == dtype
+    tolerance = 2e-2 if dtype == "bfloat16" else 1e-5
+    assert np.abs(_numpy(fast) - _numpy(reference)).max() <= tolerance
+    expected = _attention_numpy(_numpy(tensor), 2, 8**-0.5)
+    assert np.abs(_numpy(fast) - expected).max() <= (5e-2 if dtype == "bfloat16" else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [None, "mixed_bfloat16"])
+def test_layer_norm_kernel_equals_the_keras_layer(dtype):
+    layer = keras.layers.LayerNormalization(epsilon=1e-6, gamma_initializer="glorot_uniform",
+                                            beta_initializer="glorot_uniform", dtype=dtype)
+    layer.build((None, 5, 12))
+    x = np.random.RandomState(3).randn(2, 5, 12).astype("float32") * 3 + 1
+    tensor = keras.ops.convert_to_tensor(x)
+    expected = layer(tensor)
+    got = kernels.layer_norm(layer, keras.ops.cast(tensor, layer.compute_dtype))
+    assert keras.backend.standardize_dtype(got.dtype) == layer.compute_dtype
+    assert np.abs(_numpy(got) - _numpy(expected)).max() <= (3e-2 if dtype else 1e-5)
+    gamma, beta = (keras.ops.convert_to_tensor(v) for v in (layer.gamma, layer.beta))
+    reference = kernels.layer_norm_reference(tensor, gamma, beta, 1e-6)
+    fast = kernels.layer_norm_function(tensor, gamma, beta, 1e-6)
+    assert np.abs(_numpy(fast) - _numpy(reference)).max() <= 1e-5
+    # The epsilon is the layer's (1e-6), not Keras' default 1e-3: rows of variance ~1e-6
+    # normalize to ~1/sqrt(2) with it, to ~0.03 with 1e-3.
+    small = np.random.RandomState(5).randn(1, 3, 12) * 1e-3
+    centred = small - small.mean(-1, keepdims=True)
+    normalized = centred / np.sqrt(small.var(-1, keepdims=True) + 1e-6)
+    expected = normalized * _numpy(layer.gamma) + _numpy(layer.beta)
+    got = kernels.layer_norm(layer, keras.ops.cast(small.astype("float32"), layer.compute_dtype))
+    assert np.abs(_numpy(got) - expected).max() <= (5e-2 if dtype else 1e-4)
+
+
+def test_layer_norm_kernel_steps_aside_without_a_centre():
+    layer = keras.layers.LayerNormalization(epsilon=1e-6, center=False)
+    layer.build((None, 12))
+    x = keras.ops.convert_to_tensor(np.random.RandomState(4).randn(3, 12).astype("float32"))
+    assert np.abs(_numpy(kernels.layer_norm(layer, x)) - _numpy(layer(x))).max() <= 1e-6
+
+
+def test_gelu_is_the_exact_erf_form():
+    x = np.linspace(-5, 5, 101).astype("float32")
+    fast = _numpy(kernels.gelu(keras.ops.convert_to_tensor(x)))
+    reference = _numpy(kernels.gelu_reference(keras.ops.convert_to_tensor(x)))
+    from math import erf, sqrt
+
+    exact = np.array([v * 0.5 * (1 + erf(v / sqrt(2))) for v in x.astype("float64")])
+    assert np.abs(fast - reference).max() <= 1e-6
+    assert np.abs(fast - exact).max() <= 3e-5  # float32 erf: a few ulp at |x| ~ 5
+    # The tanh approximation differs by up to ~5e-4 here: the test tells them apart.
+    tanh = _numpy(keras.ops.gelu(keras.ops.convert_to_tensor(x), approximate=True))
+    assert np.abs(tanh - exact).max() > 1e-4

@@ -2,11 +2,12 @@
 
 from keras import ops
 
+from keras_deit import kernels
 from keras_deit.config import ACTIVATIONS
 
 _FUNCTIONS = {
-    # keras.ops.gelu defaults to the tanh approximation; DeiT's "gelu" is the exact erf form.
-    "gelu_exact": lambda x: ops.gelu(x, approximate=False),
+    # DeiT's "gelu" is the exact erf form (keras.ops.gelu defaults to the tanh one).
+    "gelu_exact": kernels.gelu,
     "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
     "relu": ops.relu,
     "silu": ops.silu,

@@ -128,7 +128,6 @@ class DeiTAttention(keras.layers.Layer):
     def call(self, hidden_states, return_attention_scores=False, training=None):
         qkv = kernels.dense(self.qkv, hidden_states)
         batch, length = ops.shape(hidden_states)[:2]
-        qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
 
         needs_probs = (
             return_attention_scores
@@ -140,13 +139,11 @@ class DeiTAttention(keras.layers.Layer):
         )
         probs = None
         if self._fused and not needs_probs:
-            # ops.unstack, not slicing: on TensorFlow the gradient of three strided slices
-            # costs more than the attention itself.
-            query, key, value = ops.unstack(qkv, 3, axis=2)  # (batch, len, heads, dim)
-            context = ops.dot_product_attention(query, key, value, scale=self.scale)
+            context = kernels.attention(qkv, self.num_heads, self.scale)
         else:
+            qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
             context, probs = self._eager_attention(qkv, training)
-        context = ops.reshape(context, (batch, length, self.hidden_size))
+            context = ops.reshape(context, (batch, length, self.hidden_size))
         output = kernels.dense(self.proj, context)
         if self.dropout_layer is not None:
             output = self.dropout_layer(output, training=training)

@@ -181,7 +181,7 @@ class DeiTLayer(keras.layers.Layer):
         # their `call` is invoked directly: on the PyTorch backend each `Layer.__call__` costs
         # ~45 us of bookkeeping, a sizeable share of a small model's forward pass.
         attended = self.attention.call(
-            self.layernorm_before.call(hidden_states),
+            kernels.layer_norm(self.layernorm_before, hidden_states),
             return_attention_scores=return_attention_scores,
             training=training,
         )
@@ -189,7 +189,9 @@ class DeiTLayer(keras.layers.Layer):
         if return_attention_scores:
             attended, probs = attended
         hidden_states = hidden_states + self._residual(attended, self.ls1, training)
-        transformed = self.mlp.call(self.layernorm_after.call(hidden_states), training=training)
+        transformed = self.mlp.call(
+            kernels.layer_norm(self.layernorm_after, hidden_states), training=training
+        )
         hidden_states = hidden_states + self._residual(transformed, self.ls2, training)
         if return_attention_scores:
             return hidden_states, probs
