@@ -131,8 +131,7 @@ def predict(images, source, top_k=5, out=None):
 
 def load_classifier(source):
     """The model for `source` and the image processor its checkpoint expects."""
-    from keras_deit import presets
-    from keras_deit.image_processing import DeiTImageProcessor
+    from keras_deit.model_preprocessing import processor_for
     from keras_deit.models import DeiTPreTrainedModel
     from keras_deit.saving import load_model
 
@@ -153,16 +152,7 @@ def load_classifier(source):
             f"{source} holds a {type(model).__name__}, which has no classifier: use a "
             "classification checkpoint."
         )
-    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-        processor = DeiTImageProcessor.from_pretrained(folder)
-    elif presets.is_preset(str(source)):
-        recipe = presets.get_preset(source)["preprocessing"]
-        processor = DeiTImageProcessor.from_timm_recipe(
-            image_size=recipe["image_size"], crop_pct=recipe["crop_pct"],
-            interpolation=recipe["interpolation"], mean=recipe["mean"], std=recipe["std"],
-        )
-    else:  # The original DeiT evaluation recipe at the model's resolution.
-        processor = DeiTImageProcessor.from_timm_recipe(image_size=model.config.image_hw[0])
+    processor = processor_for(folder, str(source), model.config)
     if getattr(model, "data_format", "channels_last") == "channels_first":
         processor.data_format = "channels_first"
     return model, processor

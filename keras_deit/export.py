@@ -260,6 +260,7 @@ def export_models(model, requests, *, preprocessing=None, input_size=None, overw
     import keras
 
     preprocessing = _as_preprocessing_layer(preprocessing)
+    model, preprocessing = _split_included_preprocessing(model, preprocessing)
     backend = keras.backend.backend()
     jobs = []
     for output, format, quantize in requests:
@@ -422,6 +423,23 @@ def _check_output(output, overwrite):
     if os.path.lexists(output) and not overwrite:
         raise FileExistsError(f"{output} already exists: pass overwrite=True (--overwrite) to "
                               f"replace it, or choose another path. Received: output={output!r}")
+
+
+def _split_included_preprocessing(model, preprocessing):
+    """A model built with `include_preprocessing` is exported as (the same model without it,
+    its `DeiTPreprocessing` layer), the pair the `preprocessing=` path builds and verifies;
+    other models come back with `preprocessing` as given."""
+    from keras_deit.model_preprocessing import split
+
+    plain, included = split(model)
+    if included is None:
+        return model, preprocessing
+    if preprocessing is not None:
+        raise ValueError(
+            "This model includes its preprocessing already: export it without `preprocessing` "
+            "(or --with-preprocessing)."
+        )
+    return plain, included
 
 
 def _as_preprocessing_layer(preprocessing):

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_deit import atomic, keras_native
+from keras_deit import atomic, keras_native, model_preprocessing
 from keras_deit.config import DeiTConfig
 from keras_deit.losses import (
     _is_integer_dtype,
@@ -64,6 +64,7 @@ class DeiTPreTrainedModel(keras.Model):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        include_preprocessing=None,
     )
 
     # Keyword arguments Keras' Model takes that our constructors pass on.
@@ -149,6 +150,9 @@ class DeiTPreTrainedModel(keras.Model):
         if shape and shape[0] == 0:
             raise ValueError(f"Expected at least one image, got an empty batch. Received: "
                              f"shape={shape}. Pass one image or more.")
+        if getattr(self, "include_preprocessing", None):
+            return model_preprocessing.check_raw_images(shape, self.config.num_channels)
+        model_preprocessing.warn_if_raw_images(self, pixel_values)
         cfg = self.config
         layout = "(batch, channels, height, width)" if self.data_format == "channels_first" else (
             "(batch, height, width, channels)"
@@ -416,6 +420,9 @@ class DeiTPreTrainedModel(keras.Model):
         # which name the fix.
         self.input_spec = None
         self.config = config
+        if "include_preprocessing" in options:
+            options = dict(options, include_preprocessing=model_preprocessing.resolve(
+                options["include_preprocessing"], config, options["interpolate_pos_encoding"]))
         for key, value in options.items():
             setattr(self, key, value)
         # Last: quantization locks the model's attributes.
@@ -445,12 +452,24 @@ def _check_options(data_format):
         )
 
 
-def _pixel_values_input(config, interpolate_pos_encoding, data_format):
-    """The `pixel_values` Input; spatial size left open when the model interpolates."""
+def _pixel_values_input(config, interpolate_pos_encoding, data_format,
+                        include_preprocessing=None):
+    """(the model's image Input, the pixel values the backbone reads).
+
+    Without preprocessing both are the `pixel_values` Input (spatial size left open when the
+    model interpolates). With `include_preprocessing` (see `keras_deit.model_preprocessing`)
+    the Input takes uint8 `images` of any size and the pixel values are its preprocessed form.
+    """
+    preprocessing = model_preprocessing.resolve(
+        include_preprocessing, config, interpolate_pos_encoding
+    )
+    if preprocessing is not None:
+        return model_preprocessing.raw_images_input(preprocessing, config, data_format)
     h, w = (None, None) if interpolate_pos_encoding else config.image_hw
     c = config.num_channels
     shape = (c, h, w) if data_format == "channels_first" else (h, w, c)
-    return keras.Input(shape=shape, name="pixel_values")
+    pixel_values = keras.Input(shape=shape, name="pixel_values")
+    return pixel_values, pixel_values
 
 
 def _bool_masked_pos_input(config, interpolate_pos_encoding):
@@ -487,6 +506,11 @@ class DeiTModel(DeiTPreTrainedModel):
             matmuls), or None: the faster of the two on this backend and device (see
             `keras_deit.layers.attention.default_attn_implementation`). Both give the same
             outputs; attention maps and head masks always use "eager".
+        include_preprocessing: None / False, or True (transformers' processor defaults at the
+            config's size), a `DeiTImageProcessor` or its dict: the model then takes uint8
+            `images` (batch, any H, any W, C), channels-last, and resizes, crops and normalizes
+            them in its graph (`keras_deit.model_preprocessing`). `from_pretrained(source,
+            include_preprocessing=True)` uses the checkpoint's own processor.
 
     Inputs:
         pixel_values (batch, H, W, C), preprocessed float images (or the dict above).
@@ -509,6 +533,7 @@ class DeiTModel(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        include_preprocessing=None,
         dtype=None,
         **kwargs,
     ):
@@ -569,12 +594,14 @@ class DeiTModel(DeiTPreTrainedModel):
         )
 
         # === Functional model ===
-        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
-        inputs = pixel_values
+        images, pixel_values = _pixel_values_input(
+            config, interpolate_pos_encoding, data_format, include_preprocessing
+        )
+        inputs = images
         bool_masked_pos = None
         if use_mask_token:
             bool_masked_pos = _bool_masked_pos_input(config, interpolate_pos_encoding)
-            inputs = {"pixel_values": pixel_values, "bool_masked_pos": bool_masked_pos}
+            inputs = {"pixel_values": images, "bool_masked_pos": bool_masked_pos}
         outputs = _encode(
             (to_channels_last, embeddings, encoder, layernorm),
             pixel_values,
@@ -602,6 +629,7 @@ class DeiTModel(DeiTPreTrainedModel):
             data_format=data_format,
             head_mask=encoder.head_mask,
             attn_implementation=attn_implementation,
+            include_preprocessing=include_preprocessing,
         ))
 
     def encode(self, inputs):
@@ -687,6 +715,7 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        include_preprocessing=None,
         dtype=None,
         **kwargs,
     ):
@@ -706,17 +735,20 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         classifier = _classifier(config, "classifier", dtype)
 
         # === Functional model ===
-        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
+        images, pixel_values = _pixel_values_input(
+            config, interpolate_pos_encoding, data_format, include_preprocessing
+        )
         encoded = deit.encode(pixel_values)
         class_token = encoded["last_hidden_state"][:, 0]
         logits = classifier(class_token) if classifier is not None else class_token
         outputs = _forward_extras(encoded, {"logits": logits})
-        super().__init__(inputs=pixel_values, outputs=outputs, dtype=requested_dtype, **kwargs)
+        super().__init__(inputs=images, outputs=outputs, dtype=requested_dtype, **kwargs)
 
         # === Config ===
         self.deit = deit
         self.classifier = classifier
-        self._set_options(config, dict(options, head_mask=deit.head_mask))
+        self._set_options(config, dict(options, head_mask=deit.head_mask,
+                                       include_preprocessing=include_preprocessing))
 
     _primary_output = "logits"
 
@@ -763,6 +795,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        include_preprocessing=None,
         dtype=None,
         **kwargs,
     ):
@@ -789,7 +822,9 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         distillation_classifier = _classifier(config, "distillation_classifier", dtype)
 
         # === Functional model ===
-        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
+        images, pixel_values = _pixel_values_input(
+            config, interpolate_pos_encoding, data_format, include_preprocessing
+        )
         encoded = deit.encode(pixel_values)
         sequence = encoded["last_hidden_state"]
         cls_logits, distillation_logits = sequence[:, 0], sequence[:, 1]
@@ -802,7 +837,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
             "distillation_logits": distillation_logits,
         }
         super().__init__(
-            inputs=pixel_values, outputs=_forward_extras(encoded, outputs),
+            inputs=images, outputs=_forward_extras(encoded, outputs),
             dtype=requested_dtype, **kwargs,
         )
 
@@ -810,7 +845,8 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         self.deit = deit
         self.cls_classifier = cls_classifier
         self.distillation_classifier = distillation_classifier
-        self._set_options(config, dict(options, head_mask=deit.head_mask))
+        self._set_options(config, dict(options, head_mask=deit.head_mask,
+                                       include_preprocessing=include_preprocessing))
 
     _primary_output = "logits"
 
@@ -866,6 +902,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        include_preprocessing=None,
         dtype=None,
         **kwargs,
     ):
@@ -876,6 +913,12 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
                 "The SimMIM decoder upsamples each patch token by `encoder_stride`, so it must "
                 f"equal the patch size. Received: encoder_stride={config.encoder_stride}, "
                 f"patch_size={config.patch_size}"
+            )
+        if include_preprocessing:
+            raise ValueError(
+                "DeiTForMaskedImageModeling reconstructs its input pixel values, so it cannot "
+                "include the preprocessing: preprocess the images with DeiTImageProcessor. "
+                f"Received: include_preprocessing={include_preprocessing!r}."
             )
         options = dict(
             output_hidden_states=output_hidden_states,
@@ -899,7 +942,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
 
         # === Functional model ===
         inputs = {
-            "pixel_values": _pixel_values_input(config, interpolate_pos_encoding, data_format),
+            "pixel_values": _pixel_values_input(config, interpolate_pos_encoding, data_format)[0],
             "bool_masked_pos": _bool_masked_pos_input(config, interpolate_pos_encoding),
         }
         encoded = deit.encode(inputs)
@@ -911,7 +954,8 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         # === Config ===
         self.deit = deit
         self.decoder = decoder
-        self._set_options(config, dict(options, head_mask=deit.head_mask))
+        self._set_options(config, dict(options, head_mask=deit.head_mask,
+                                       include_preprocessing=None))
 
     _primary_output = "reconstruction"
 
