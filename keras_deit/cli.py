@@ -118,8 +118,13 @@ def predict(images, source, top_k=5, out=None):
     pictures = [load_image(path) for path in images]  # fail on a bad image before loading
     model, processor = load_classifier(source)
     labels = class_names(model.config)
-    pixel_values = processor(pictures)["pixel_values"]
-    logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
+    if getattr(model, "include_preprocessing", None):
+        # The model preprocesses raw images itself, one size at a time; called eagerly, as a
+        # TensorFlow graph would need every size known in advance.
+        logits = np.concatenate([_eager_logits(model, np.asarray(p)[None]) for p in pictures])
+    else:
+        pixel_values = processor(pictures)["pixel_values"]
+        logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
     for path, row in zip(images, probabilities):
@@ -127,6 +132,14 @@ def predict(images, source, top_k=5, out=None):
         for rank, index in enumerate(np.argsort(-row)[: min(top_k, len(row))], start=1):
             print(f"  {rank}. {labels[index]}  {row[index]:.4f}", file=out)
     return 0
+
+
+def _eager_logits(model, images):
+    """float64 `logits` of `model` on `images`, called eagerly."""
+    import keras
+    import numpy as np
+
+    return np.asarray(keras.ops.convert_to_numpy(model(images)["logits"]), "float64")
 
 
 def load_classifier(source):

@@ -135,3 +135,19 @@ def test_from_pretrained_without_preprocessor_config_uses_the_deit_recipe():
     images = _images((36, 36))
     expected = plain.predict(recipe(images)["pixel_values"], verbose=0)["logits"]
     assert _max_abs(model.predict(images, verbose=0)["logits"], expected) <= 1e-5
+
+
+def test_cli_predict_gives_raw_images_to_such_a_model(models, tmp_path, capsys):
+    import PIL.Image
+
+    from keras_deit.cli import main
+
+    inside, plain, processor = models
+    path = str(tmp_path / "raw.keras")
+    inside.save(path)
+    photo = str(tmp_path / "photo.png")
+    PIL.Image.fromarray(_images((36, 36), batch=1)[0]).save(photo)
+    assert main(["predict", photo, "--model", path, "--top-k", "1"]) == 0
+    logits = plain.predict(processor(PIL.Image.open(photo))["pixel_values"], verbose=0)["logits"]
+    best = int(np.argmax(logits[0]))
+    assert f"1. {inside.config.id2label[best]}  " in capsys.readouterr().out.splitlines()[1]
