@@ -22,6 +22,7 @@ from conversion.readers import (
 )
 from conversion.shapes import check_hf_config
 from keras_deit.config import read_json_object
+from keras_deit.model_preprocessing import processor_for
 
 # Weight files of an HF folder, in the order transformers prefers them.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5")
@@ -367,7 +368,10 @@ def load_pretrained(cls, source, config=None, weights_file=None, strict=True, nu
         progress: show progress bars on stderr for large downloads and conversions.
         revision: hub revision (branch, tag or commit) for hub ids.
         **model_options: passed to the model constructor (`output_attentions`, `data_format`,
-            `interpolate_pos_encoding`, `add_pooling_layer`, ...).
+            `interpolate_pos_encoding`, `add_pooling_layer`, ...). `include_preprocessing=True`
+            puts the checkpoint's own preprocessing in the model (its preprocessor_config.json,
+            else its preset's recipe, else the original DeiT recipe), which then takes uint8
+            images of any size.
 
     Returns:
         The model, with `model.loading_info` (a `LoadingInfo`). Fresh variables are reported in
@@ -399,6 +403,11 @@ def build_model(checkpoint, cls=None, strict=True, progress=True, **model_option
     # checkpoint holds float kernels, and Keras quantizes from them.
     dtype = model_options.pop("dtype", None)
     mode = keras_native.pending_quantization(dtype)
+    if model_options.get("include_preprocessing") is True:
+        # The checkpoint's own recipe rather than the constructors' default.
+        model_options["include_preprocessing"] = processor_for(
+            checkpoint.folder, checkpoint.preset, checkpoint.config
+        )
     model_options["dtype"] = keras_native.layer_policy(dtype)
     model = _fill(cls(checkpoint.config, **model_options), checkpoint, strict, progress)
     if mode is not None:

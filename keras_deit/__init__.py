@@ -1,5 +1,6 @@
 """keras-deit: DeiT (Data-efficient Image Transformers) for Keras 3 on TensorFlow, JAX and PyTorch."""
 
+from keras_deit.bridges import from_keras_hub, to_keras_hub
 from keras_deit.config import ConfigError, DeiTConfig
 from keras_deit.layers import (
     DeiTAttention,

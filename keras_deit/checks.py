@@ -76,10 +76,12 @@ def check_image_shape(shape, num_channels, patch_hw, data_format="channels_last"
         )
 
 
-def check_model_images(inputs, config, data_format, interpolate_pos_encoding):
+def check_model_images(inputs, config, data_format, interpolate_pos_encoding,
+                       raw_images=False):
     """`check_image_shape` for a model's inputs (an array, a tensor or the dict with
     `pixel_values`), after refusing Python lists and empty batches; datasets and generators
-    (no shape) pass."""
+    (no shape) pass. `raw_images`: the model includes its preprocessing, so it takes uint8
+    images of any size (`check_raw_images`)."""
     pixel_values = inputs.get("pixel_values") if isinstance(inputs, dict) else inputs
     if isinstance(pixel_values, (list, tuple)) and not (
             len(pixel_values) == 1 and hasattr(pixel_values[0], "shape")):
@@ -96,8 +98,20 @@ def check_model_images(inputs, config, data_format, interpolate_pos_encoding):
     if shape and shape[0] == 0:
         raise ValueError(f"Expected at least one image, got an empty batch. Received: "
                          f"shape={shape}. Pass one image or more.")
+    if raw_images:
+        return check_raw_images(shape, config.num_channels)
     check_image_shape(shape, config.num_channels, config.patch_hw, data_format,
                       None if interpolate_pos_encoding else config.image_hw)
+
+
+def check_raw_images(shape, num_channels):
+    """One line naming the problem when `shape` is no channels-last image batch (the input of
+    a model that includes its preprocessing: uint8 images of any size)."""
+    if len(shape) != 4 or shape[3] not in (None, num_channels):
+        raise ValueError(
+            "This model includes its preprocessing: it takes uint8 images, channels-last "
+            f"(batch, height, width, {num_channels}). Received: shape={tuple(shape)}."
+        )
 
 
 def check_masked_image_inputs(inputs, config, data_format):

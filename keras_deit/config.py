@@ -156,6 +156,15 @@ class DeiTConfig:
         """Number of classes of the classification heads."""
         return len(self.id2label)
 
+    @num_labels.setter
+    def num_labels(self, num_labels):
+        # transformers' semantics: a new count replaces both label maps with LABEL_i names;
+        # the same count keeps the maps (and their names) as they are.
+        if not _is_int(num_labels) or num_labels < 0:
+            raise ConfigError(f"`num_labels` must be an int >= 0. Received: num_labels={num_labels!r}")
+        if num_labels != self.num_labels:
+            self.id2label, self.label2id = _labels(num_labels, None, None)
+
     @property
     def image_hw(self):
         """The configured input size as (height, width)."""

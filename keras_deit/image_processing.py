@@ -497,6 +497,65 @@ class DeiTImageProcessor:
         image = image.astype(np.float32)
         return np.moveaxis(image, -1, 0) if self.data_format == "channels_first" else image
 
+    # -- transformers' per-image operations ----------------------------------
+    # The public methods of transformers' image processors, with their arguments. Each takes
+    # one (H, W, C) or (C, H, W) array and returns it in the same layout unless `data_format`
+    # names another; `input_data_format=None` infers the layout (channels first when both
+    # ends could be channels, as transformers).
+
+    def resize(self, image, size, resample=_Resampling.BICUBIC, data_format=None,
+               input_data_format=None):
+        """Resizes one image with Pillow to `size` ({"height", "width"} or {"shortest_edge"}).
+
+        uint8 and integer-valued images come back uint8; float images in [0, 1] are resized
+        as uint8 and come back float32 in [0, 1], as in transformers.
+        """
+        image, layout = self._layout_of(image, input_data_format)
+        size = _size_dict(size)
+        height, width = _resize_output_size(image.shape[0], image.shape[1], size)
+        resized = _pil_resize(image, height, width, _resample_int(resample))
+        return self._in_layout(resized, data_format, layout)
+
+    def center_crop(self, image, size, data_format=None, input_data_format=None):
+        """Crops one image to `size` ({"height", "width"}, an int or a pair) around its
+        center, zero-padding it first where it is smaller (extra row / column top / left)."""
+        image, layout = self._layout_of(image, input_data_format)
+        size = _size_dict(size, allow_shortest_edge=False)
+        cropped = _center_crop(image, size["height"], size["width"])
+        return self._in_layout(cropped, data_format, layout)
+
+    def rescale(self, image, scale, data_format=None, input_data_format=None):
+        """`image * scale` as float32 (computed in float64, as transformers)."""
+        image, layout = self._layout_of(image, input_data_format)
+        return self._in_layout(_rescale(image, float(scale)), data_format, layout)
+
+    def normalize(self, image, mean, std, data_format=None, input_data_format=None):
+        """`(image - mean) / std` per channel; integer images become float32, float images
+        keep their dtype."""
+        image, layout = self._layout_of(image, input_data_format)
+        normalized = _normalize(image, _mean_or_std(mean, "mean"), _mean_or_std(std, "std"))
+        return self._in_layout(normalized, data_format, layout)
+
+    @staticmethod
+    def _layout_of(image, input_data_format):
+        """(the image as an (H, W, C) array, the layout it came in)."""
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise ValueError(
+                "Expected one image of shape (H, W, C) or (C, H, W). Received: shape="
+                f"{image.shape}. Index a batch, or add a channel axis to a 2-D image."
+            )
+        layout = _data_format(input_data_format, "input_data_format", allow_none=True)
+        if layout is None:
+            layout = "channels_first" if image.shape[0] in _NUM_CHANNELS else "channels_last"
+        return _to_hwc(image, layout), layout
+
+    @staticmethod
+    def _in_layout(image, data_format, input_layout):
+        """An (H, W, C) result in `data_format`, or in the input's layout when it is None."""
+        layout = _data_format(data_format, "data_format", allow_none=True) or input_layout
+        return np.moveaxis(image, -1, 0) if layout == "channels_first" else image
+
     # -- alternative recipes and Keras -------------------------------------
 
     @classmethod

@@ -4,10 +4,11 @@ class probabilities and readable class names."""
 
 import os
 
+import keras
 import numpy as np
 
-from keras_deit import presets
-from keras_deit.image_processing import DeiTImageProcessor, load_image
+from keras_deit.image_processing import load_image
+from keras_deit.model_preprocessing import processor_for
 from keras_deit.models import DeiTPreTrainedModel
 from keras_deit.saving import load_model
 
@@ -48,16 +49,7 @@ def load_classifier(source):
             f"{source} holds a {type(model).__name__}, which has no classifier: use a "
             "classification checkpoint."
         )
-    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-        processor = DeiTImageProcessor.from_pretrained(folder)
-    elif presets.is_preset(str(source)):
-        recipe = presets.get_preset(source)["preprocessing"]
-        processor = DeiTImageProcessor.from_timm_recipe(
-            image_size=recipe["image_size"], crop_pct=recipe["crop_pct"],
-            interpolation=recipe["interpolation"], mean=recipe["mean"], std=recipe["std"],
-        )
-    else:  # The original DeiT evaluation recipe at the model's resolution.
-        processor = DeiTImageProcessor.from_timm_recipe(image_size=model.config.image_hw[0])
+    processor = processor_for(folder, str(source), model.config)
     if getattr(model, "data_format", "channels_last") == "channels_first":
         processor.data_format = "channels_first"
     return model, processor
@@ -75,8 +67,20 @@ def class_names(config):
 
 
 def class_probabilities(model, processor, pictures):
-    """Softmax of the classifier's `logits` on PIL `pictures`: float64 (batch, num_labels)."""
-    pixel_values = processor(pictures)["pixel_values"]
-    logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
+    """Softmax of the classifier's `logits` on PIL `pictures`: float64 (batch, num_labels).
+
+    A model that includes its preprocessing gets the raw pictures, one at a time (they may
+    differ in size), called eagerly: a TensorFlow graph would need every size in advance.
+    """
+    if getattr(model, "include_preprocessing", None):
+        logits = np.concatenate([_eager_logits(model, np.asarray(p)[None]) for p in pictures])
+    else:
+        pixel_values = processor(pictures)["pixel_values"]
+        logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     return probabilities / probabilities.sum(-1, keepdims=True)
+
+
+def _eager_logits(model, images):
+    """float64 `logits` of `model` on `images`, called eagerly."""
+    return np.asarray(keras.ops.convert_to_numpy(model(images)["logits"]), "float64")

@@ -59,6 +59,21 @@ def test_labels_and_replace():
     assert config.num_labels == 2  # unchanged
 
 
+def test_num_labels_setter_matches_transformers():
+    transformers = pytest.importorskip("transformers")
+    ours = kd.DeiTConfig(id2label={"0": "cat", "1": "dog"})
+    theirs = transformers.DeiTConfig(
+        id2label={0: "cat", 1: "dog"}, label2id={"cat": 0, "dog": 1}
+    )
+    for count in (2, 3, 0):  # the same count keeps the names; a new one renames to LABEL_i
+        ours.num_labels = theirs.num_labels = count
+        assert ours.num_labels == theirs.num_labels == count
+        assert ours.id2label == theirs.id2label and ours.label2id == theirs.label2id
+    assert kd.DeiTConfig.from_dict(ours.to_dict()) == ours
+    with pytest.raises(ValueError, match="num_labels=-1"):
+        ours.num_labels = -1
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(hidden_size=100, num_attention_heads=12), "divisible by `num_attention_heads`"),
     (dict(image_size=230), "divisible by `patch_size`"),

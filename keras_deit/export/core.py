@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from keras_deit import atomic
+from keras_deit import atomic, model_preprocessing
 from keras_deit.preprocessing_spec import _resize_output_size
 from keras_deit.export.artifacts import _build_artifact, describe_artifact, run_artifact
 from keras_deit.export.common import (
@@ -137,6 +137,7 @@ def export_models(model, requests, *, preprocessing=None, input_size=None, overw
     import keras
 
     preprocessing = _as_preprocessing_layer(preprocessing)
+    model, preprocessing = _split_included_preprocessing(model, preprocessing)
     backend = keras.backend.backend()
     jobs = []
     for output, format, quantize in requests:
@@ -287,6 +288,21 @@ def _check_output(output, overwrite):
     if os.path.lexists(output) and not overwrite:
         raise FileExistsError(f"{output} already exists: pass overwrite=True (--overwrite) to "
                               f"replace it, or choose another path. Received: output={output!r}")
+
+
+def _split_included_preprocessing(model, preprocessing):
+    """A model built with `include_preprocessing` is exported as (the same model without it,
+    its `DeiTPreprocessing` layer), the pair the `preprocessing=` path builds and verifies;
+    other models come back with `preprocessing` as given."""
+    plain, included = model_preprocessing.split(model)
+    if included is None:
+        return model, preprocessing
+    if preprocessing is not None:
+        raise ValueError(
+            "This model includes its preprocessing already: export it without `preprocessing` "
+            "(or --with-preprocessing)."
+        )
+    return plain, included
 
 
 def _as_preprocessing_layer(preprocessing):

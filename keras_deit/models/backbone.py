@@ -3,16 +3,28 @@ backbone graph (`_encode`), and the optional outputs they forward."""
 
 import keras
 
-from keras_deit import keras_native
+from keras_deit import keras_native, model_preprocessing
 from keras_deit.layers import DeiTEmbeddings, DeiTEncoder, DeiTPooler
 from keras_deit.models.base import DeiTPreTrainedModel, _as_config, _check_options
 
-def _pixel_values_input(config, interpolate_pos_encoding, data_format):
-    """The `pixel_values` Input; spatial size left open when the model interpolates."""
+def _pixel_values_input(config, interpolate_pos_encoding, data_format,
+                        include_preprocessing=None):
+    """(the model's image Input, the pixel values the backbone reads).
+
+    Without preprocessing both are the `pixel_values` Input (spatial size left open when the
+    model interpolates). With `include_preprocessing` (see `keras_deit.model_preprocessing`)
+    the Input takes uint8 `images` of any size and the pixel values are its preprocessed form.
+    """
+    preprocessing = model_preprocessing.resolve(
+        include_preprocessing, config, interpolate_pos_encoding
+    )
+    if preprocessing is not None:
+        return model_preprocessing.raw_images_input(preprocessing, config, data_format)
     h, w = (None, None) if interpolate_pos_encoding else config.image_hw
     c = config.num_channels
     shape = (c, h, w) if data_format == "channels_first" else (h, w, c)
-    return keras.Input(shape=shape, name="pixel_values")
+    pixel_values = keras.Input(shape=shape, name="pixel_values")
+    return pixel_values, pixel_values
 
 
 def _bool_masked_pos_input(config, interpolate_pos_encoding):
@@ -49,6 +61,11 @@ class DeiTModel(DeiTPreTrainedModel):
             matmuls), or None: the faster of the two on this backend and device (see
             `keras_deit.layers.attention.default_attn_implementation`). Both give the same
             outputs; attention maps and head masks always use "eager".
+        include_preprocessing: None / False, or True (transformers' processor defaults at the
+            config's size), a `DeiTImageProcessor` or its dict: the model then takes uint8
+            `images` (batch, any H, any W, C), channels-last, and resizes, crops and normalizes
+            them in its graph (`keras_deit.model_preprocessing`). `from_pretrained(source,
+            include_preprocessing=True)` uses the checkpoint's own processor.
 
     Inputs:
         pixel_values (batch, H, W, C), preprocessed float images (or the dict above).
@@ -71,6 +88,7 @@ class DeiTModel(DeiTPreTrainedModel):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        include_preprocessing=None,
         dtype=None,
         **kwargs,
     ):
@@ -131,12 +149,14 @@ class DeiTModel(DeiTPreTrainedModel):
         )
 
         # === Functional model ===
-        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
-        inputs = pixel_values
+        images, pixel_values = _pixel_values_input(
+            config, interpolate_pos_encoding, data_format, include_preprocessing
+        )
+        inputs = images
         bool_masked_pos = None
         if use_mask_token:
             bool_masked_pos = _bool_masked_pos_input(config, interpolate_pos_encoding)
-            inputs = {"pixel_values": pixel_values, "bool_masked_pos": bool_masked_pos}
+            inputs = {"pixel_values": images, "bool_masked_pos": bool_masked_pos}
         outputs = _encode(
             (to_channels_last, embeddings, encoder, layernorm),
             pixel_values,
@@ -164,6 +184,7 @@ class DeiTModel(DeiTPreTrainedModel):
             data_format=data_format,
             head_mask=encoder.head_mask,
             attn_implementation=attn_implementation,
+            include_preprocessing=include_preprocessing,
         ))
 
     def encode(self, inputs):
@@ -211,5 +232,7 @@ def _encode(layers, pixel_values, bool_masked_pos, interpolate_pos_encoding,
 
 
 def _backbone(config, name="deit", **options):
-    """A `DeiTModel` without pooler, used as the body of the task models."""
+    """A `DeiTModel` without pooler, used as the body of the task models; the task model
+    holds any `include_preprocessing` itself (its body reads pixel values)."""
+    options = dict(options, include_preprocessing=None)
     return DeiTModel(config, add_pooling_layer=False, name=name, **options)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_deit import atomic, keras_native
+from keras_deit import atomic, keras_native, model_preprocessing
 from keras_deit.checks import TrainerEntryChecks, check_model_images
 from keras_deit.config import DeiTConfig
 from keras_deit.losses import (
@@ -53,6 +53,7 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
         data_format="channels_last",
         head_mask=None,
         attn_implementation=None,
+        include_preprocessing=None,
     )
 
     # Keyword arguments Keras' Model takes that our constructors pass on.
@@ -127,7 +128,12 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
 
     def _check_inputs(self, inputs):
         """Names the problem and the fix before Keras' generic shape error can."""
-        check_model_images(inputs, self.config, self.data_format, self.interpolate_pos_encoding)
+        raw_images = bool(getattr(self, "include_preprocessing", None))
+        if not raw_images:
+            pixel_values = inputs.get("pixel_values") if isinstance(inputs, dict) else inputs
+            model_preprocessing.warn_if_raw_images(self, pixel_values)
+        check_model_images(inputs, self.config, self.data_format, self.interpolate_pos_encoding,
+                           raw_images=raw_images)
 
     # ---- training -------------------------------------------------------------------------
     # The output a single loss and a list of metrics apply to when the labels are one array.
@@ -348,6 +354,9 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
         # which name the fix.
         self.input_spec = None
         self.config = config
+        if "include_preprocessing" in options:
+            options = dict(options, include_preprocessing=model_preprocessing.resolve(
+                options["include_preprocessing"], config, options["interpolate_pos_encoding"]))
         for key, value in options.items():
             setattr(self, key, value)
         # Last: quantization locks the model's attributes.

@@ -44,12 +44,14 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
         classifier = _classifier(config, "classifier", dtype)
 
         # === Functional model ===
-        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
+        images, pixel_values = _pixel_values_input(
+            config, interpolate_pos_encoding, data_format, options["include_preprocessing"]
+        )
         encoded = deit.encode(pixel_values)
         class_token = encoded["last_hidden_state"][:, 0]
         logits = classifier(class_token) if classifier is not None else class_token
         outputs = _forward_extras(encoded, {"logits": logits})
-        super().__init__(inputs=pixel_values, outputs=outputs, dtype=requested_dtype, **kwargs)
+        super().__init__(inputs=images, outputs=outputs, dtype=requested_dtype, **kwargs)
 
         # === Config ===
         self.deit = deit
@@ -111,7 +113,9 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         distillation_classifier = _classifier(config, "distillation_classifier", dtype)
 
         # === Functional model ===
-        pixel_values = _pixel_values_input(config, interpolate_pos_encoding, data_format)
+        images, pixel_values = _pixel_values_input(
+            config, interpolate_pos_encoding, data_format, options["include_preprocessing"]
+        )
         encoded = deit.encode(pixel_values)
         sequence = encoded["last_hidden_state"]
         cls_logits, distillation_logits = sequence[:, 0], sequence[:, 1]
@@ -124,7 +128,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
             "distillation_logits": distillation_logits,
         }
         super().__init__(
-            inputs=pixel_values, outputs=_forward_extras(encoded, outputs),
+            inputs=images, outputs=_forward_extras(encoded, outputs),
             dtype=requested_dtype, **kwargs,
         )
 

@@ -42,6 +42,12 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
                 f"patch_size={config.patch_size}"
             )
         options = self._take_options(kwargs)
+        if options["include_preprocessing"]:
+            raise ValueError(
+                "DeiTForMaskedImageModeling reconstructs its input pixel values, so it cannot "
+                "include the preprocessing: preprocess the images with DeiTImageProcessor. "
+                f"Received: include_preprocessing={options['include_preprocessing']!r}."
+            )
         interpolate_pos_encoding = options["interpolate_pos_encoding"]
         data_format = options["data_format"]
 
@@ -58,7 +64,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
 
         # === Functional model ===
         inputs = {
-            "pixel_values": _pixel_values_input(config, interpolate_pos_encoding, data_format),
+            "pixel_values": _pixel_values_input(config, interpolate_pos_encoding, data_format)[0],
             "bool_masked_pos": _bool_masked_pos_input(config, interpolate_pos_encoding),
         }
         encoded = deit.encode(inputs)
