@@ -14,7 +14,9 @@ import os
 import sys
 
 from keras_deit.export import ExportError, export_model, require
-from keras_deit.export.core import _check_format, _check_output, _input_spec
+from keras_deit.export.core import (
+    _check_format, _check_output, _input_spec, _split_included_preprocessing,
+)
 from keras_deit.export.verification import verification_images
 from keras_deit.inference import (
     BUILTIN_MODELS, DEFAULT_MODEL, class_names, class_probabilities, load_classifier, read_images,
@@ -189,14 +191,18 @@ def export_command(args, out=None):
     out = out or sys.stdout
     format, quantize = _check_format(args.format, args.quantize)
     input_size = _parse_size(args.input_size)
-    if input_size is not None and not args.with_preprocessing:
-        raise ValueError(f"--input-size applies with --with-preprocessing only. Received: "
-                         f"--input-size {args.input_size}")
     _check_output(args.output, args.overwrite)
     require(format)
     pictures = read_images(args.verify_image or [])
     model, processor = load_classifier(args.source)
     preprocessing = processor.to_keras_layer() if args.with_preprocessing else None
+    # A model built with include_preprocessing exports as the pair --with-preprocessing builds,
+    # so the input spec and the verification images below are those of raw images.
+    model, preprocessing = _split_included_preprocessing(model, preprocessing)
+    if input_size is not None and preprocessing is None:
+        raise ValueError(f"--input-size applies with --with-preprocessing only (or to a model "
+                         f"built with include_preprocessing). Received: --input-size "
+                         f"{args.input_size}")
     spec = _input_spec(model, preprocessing, input_size, format)
     data = verification_images(spec, processor, pictures)
     try:

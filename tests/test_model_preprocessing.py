@@ -151,3 +151,17 @@ def test_cli_predict_gives_raw_images_to_such_a_model(models, tmp_path, capsys):
     logits = plain.predict(processor(PIL.Image.open(photo))["pixel_values"], verbose=0)["logits"]
     best = int(np.argmax(logits[0]))
     assert f"1. {inside.config.id2label[best]}  " in capsys.readouterr().out.splitlines()[1]
+
+
+def test_cli_export_of_such_a_model_takes_raw_images(models, tmp_path, capsys):
+    from keras_deit.cli import main
+
+    inside, _, _ = models
+    path = str(tmp_path / "raw.keras")
+    inside.save(path)
+    output = str(tmp_path / "sm")
+    assert main(["export", path, "--format", "saved_model", output]) == 0
+    assert "verified" in capsys.readouterr().out
+    images = _images((36, 36), seed=5)
+    expected = inside.predict(images, verbose=0)["logits"]
+    assert _max_abs(ex.run_saved_model(output, images)["logits"], expected) <= 1e-5
