@@ -18,7 +18,6 @@ LAZY = {
     ("keras_deit.models.base", "conversion.writers"),  # save_pretrained: the same reason
     ("keras_deit.cli", "conversion.cli"),  # `keras-deit convert`
     ("keras_deit.config", "keras_deit.presets"),  # DeiTConfig.from_preset: presets build configs
-    ("keras_deit.export", "keras_deit.cli"),  # the export command's old location
     ("keras_deit.bridges", "conversion.keras_hub_bridge"),  # kd.to_keras_hub / from_keras_hub
 }
 

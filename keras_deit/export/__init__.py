@@ -83,16 +83,6 @@ __all__ = [
     "FORMATS", "QUANTIZATIONS", "TOLERANCES", "ExportError", "MissingDependencyError",
     "Verification", "ExportResult", "export_model", "export_models", "require", "run_artifact",
     "run_saved_model", "run_tflite", "run_onnx", "describe_artifact", "tflite_op_names",
-    "evaluate_accuracy", "sample_photos", "add_export_arguments", "export_command",
+    "evaluate_accuracy", "sample_photos",
 ]
 
-
-def __getattr__(name):
-    # The `keras-deit export` command moved to keras_deit/cli.py, which imports this package;
-    # its two functions stay reachable here for callers of the old location, looked up only
-    # when asked for so that this package never imports the CLI (no import circle).
-    if name in ("add_export_arguments", "export_command"):
-        from keras_deit import cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
