@@ -77,21 +77,17 @@ class DeiTModel(DeiTPreTrainedModel):
 
     _options = dict(DeiTPreTrainedModel._options, add_pooling_layer=True, use_mask_token=False)
 
-    def __init__(
-        self,
-        config,
-        add_pooling_layer=True,
-        use_mask_token=False,
-        output_hidden_states=False,
-        output_attentions=False,
-        interpolate_pos_encoding=False,
-        data_format="channels_last",
-        head_mask=None,
-        attn_implementation=None,
-        include_preprocessing=None,
-        dtype=None,
-        **kwargs,
-    ):
+    def __init__(self, config, add_pooling_layer=True, use_mask_token=False, dtype=None,
+                 **kwargs):
+        # The other options are declared once, in `DeiTPreTrainedModel._options`.
+        options = self._take_options(kwargs)
+        output_hidden_states = options["output_hidden_states"]
+        output_attentions = options["output_attentions"]
+        interpolate_pos_encoding = options["interpolate_pos_encoding"]
+        data_format = options["data_format"]
+        head_mask = options["head_mask"]
+        attn_implementation = options["attn_implementation"]
+        include_preprocessing = options["include_preprocessing"]
         config = _as_config(config)
         requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         _check_options(data_format)
@@ -176,15 +172,10 @@ class DeiTModel(DeiTPreTrainedModel):
         self.layernorm = layernorm
         self.pooler = pooler
         self._set_options(config, dict(
+            options,
             add_pooling_layer=add_pooling_layer,
             use_mask_token=use_mask_token,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            data_format=data_format,
             head_mask=encoder.head_mask,
-            attn_implementation=attn_implementation,
-            include_preprocessing=include_preprocessing,
         ))
 
     def encode(self, inputs):
