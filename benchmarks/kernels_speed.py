@@ -7,8 +7,9 @@ its `keras.ops` reference) and transformers' PyTorch DeiT (SDPA, `torch.inferenc
 `--train`, also one `train_on_batch` step of ours (both ways) against a plain transformers
 AdamW step. The three alternate call by call, so that a loaded machine hits them alike; the
 median per-call time of each is kept. Prints transformers / ours: at or above 0.9 meets the
-goal. (The dense fast path is on in both forms of ours: it is measured against the previous
-revision in RESULTS.md.)
+goal, and the minor page faults per call of each (fresh heap pages: a model that holds more
+memory alive per call pays them on every call). (The dense fast path is on in both forms of
+ours: it is measured against the previous revision in RESULTS.md.)
 
     python benchmarks/kernels_speed.py                         # tiny and base, batch 1 and 8
     python benchmarks/kernels_speed.py --sizes tiny --batches 1 --calls 60 --threads 1 --train
@@ -18,6 +19,7 @@ Runs under KERAS_BACKEND=torch (set here). Needs transformers.
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -26,7 +28,8 @@ os.environ["KERAS_BACKEND"] = "torch"
 
 SIZES = {"tiny": (192, 3), "base": (768, 12)}
 KERNELS = {"_ATTENTION": "attention_reference", "_LAYER_NORM": "layer_norm_reference",
-           "_GELU": "gelu_reference"}
+           "_GELU": "gelu_reference", "_PATCH_EMBEDDING": "patch_embedding_reference",
+           "_READ": "read_reference"}
 
 
 def _use(kernels, fast):
@@ -61,7 +64,8 @@ def main(argv=None):
     print(f"torch threads: {torch.get_num_threads()}; median of {args.calls} alternating calls",
           file=sys.stderr)
     print("| size | batch | step | transformers ms | ours ms | ours, references ms | "
-          "ratio | ratio, references |\n|---|---|---|---|---|---|---|---|")
+          "ratio | ratio, references | page faults / call: transformers, ours |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         hidden, heads = SIZES[size]
         ours = kd.DeiTForImageClassificationWithTeacher(kd.DeiTConfig(
@@ -85,6 +89,7 @@ def main(argv=None):
             cells.append(_training_cell(size, hidden, heads, kd, keras, np, torch, transformers))
         for batch, step, theirs_call, ours_call in cells:
             times = {"theirs": [], "fast": [], "reference": []}
+            faults = {name: 0 for name in times}
             calls = {"theirs": theirs_call,
                      "fast": lambda: (_use(kernels, True), ours_call()),
                      "reference": lambda: (_use(kernels, False), ours_call())}
@@ -92,13 +97,16 @@ def main(argv=None):
                 call(), call()
             for _ in range(args.calls):
                 for name, call in calls.items():
+                    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                     start = time.perf_counter()
                     call()
                     times[name].append(1000 * (time.perf_counter() - start))
+                    faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
             ms = {name: statistics.median(t) for name, t in times.items()}
             print(f"| {size} | {batch} | {step} | {ms['theirs']:.1f} | {ms['fast']:.1f} | "
                   f"{ms['reference']:.1f} | {ms['theirs'] / ms['fast']:.2f}x | "
-                  f"{ms['theirs'] / ms['reference']:.2f}x |", flush=True)
+                  f"{ms['theirs'] / ms['reference']:.2f}x | {faults['theirs'] // args.calls}, "
+                  f"{faults['fast'] // args.calls} |", flush=True)
         _use(kernels, True)
         keras.backend.clear_session()
 

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import max_abs_diff
+import keras_deit as kd
+from helpers import max_abs_diff, tiny_config
 from keras_deit import kernels
 
 
@@ -127,3 +128,69 @@ def test_gelu_is_the_exact_erf_form():
     # The tanh approximation differs by up to ~5e-4 here: the test tells them apart.
     tanh = _numpy(keras.ops.gelu(keras.ops.convert_to_tensor(x), approximate=True))
     assert np.abs(tanh - exact).max() > 1e-4
+
+
+class Reader(keras.layers.Layer):
+    """Reads `variable` through kernels.read inside its call, as the layers do."""
+
+    def __init__(self, variable, **kwargs):
+        super().__init__(**kwargs)
+        self.variable = variable
+
+    def call(self, x):
+        return x + kernels.read(self.variable, x)
+
+
+def test_read_is_the_value_a_layer_call_sees():
+    values = np.random.RandomState(6).randn(4).astype("float32")
+    variable = keras.Variable(values)
+    x = keras.ops.zeros((2, 4))
+    assert max_abs_diff(kernels.read(variable, x), values) == 0
+    # Under an autocast scope (a mixed policy's call), the compute dtype.
+    mixed = Reader(variable, dtype="mixed_bfloat16")(keras.ops.cast(x, "bfloat16"))
+    assert keras.backend.standardize_dtype(mixed.dtype) == "bfloat16"
+    assert max_abs_diff(mixed, keras.ops.cast(values, "bfloat16")) == 0
+    # Under a stateless scope (JAX's trainer, `stateless_call`), the scope's value.
+    replaced = values + 1
+    with keras.StatelessScope(state_mapping=[(variable, replaced)]):
+        assert max_abs_diff(kernels.read(variable, x), replaced) == 0
+        assert max_abs_diff(kernels.read_reference(variable, x), replaced) == 0
+
+
+@pytest.mark.parametrize("patch", [(4, 4), (4, 2)])
+def test_patch_embedding_equals_its_reference(patch):
+    rng = np.random.RandomState(7)
+    images = rng.randn(2, 8, 12, 3).astype("float32")
+    kernel = rng.randn(*patch, 3, 5).astype("float32")
+    bias = rng.randn(5).astype("float32")
+    args = [keras.ops.convert_to_tensor(a) for a in (images, kernel, bias)]
+    fast = kernels.patch_embedding(*args, patch)
+    reference = kernels.patch_embedding_reference(*args, patch)
+    ph, pw = patch
+    grid = (8 // ph, 12 // pw)
+    assert tuple(fast.shape) == (2, *grid, 5)
+    assert max_abs_diff(fast, reference) < 1e-5
+    # Row-major patches, each a dot product with the kernel, in float64.
+    cut = images.astype("float64").reshape(2, grid[0], ph, grid[1], pw, 3)
+    expected = np.einsum("bhiwjc,ijco->bhwo", cut, kernel.astype("float64")) + bias
+    assert max_abs_diff(fast, expected) < 1e-4
+
+
+def test_predict_runs_in_the_inference_scope_and_training_still_works():
+    with kernels.inference_scope():
+        if keras.backend.backend() == "torch":
+            import torch
+
+            assert torch.is_inference_mode_enabled()
+    model = kd.DeiTForImageClassification(tiny_config())
+    model.compile(optimizer="sgd", loss={
+        "logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+    x = np.random.RandomState(8).rand(2, 32, 32, 3).astype("float32")
+    y = {"logits": np.array([0, 3])}
+    model.train_on_batch(x, y)
+    predicted = model.predict_on_batch(x)["logits"]
+    assert max_abs_diff(predicted, model(x, training=False)["logits"]) < 1e-6
+    # Training after predict: no inference-mode tensor reached autograd.
+    before = model.get_layer("classifier").kernel.numpy().copy()
+    model.train_on_batch(x, y)
+    assert np.abs(model.get_layer("classifier").kernel.numpy() - before).max() > 0

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_deit import atomic, keras_native, model_preprocessing
+from keras_deit import atomic, keras_native, kernels, model_preprocessing
 from keras_deit.checks import TrainerEntryChecks, check_model_images
 from keras_deit.config import DeiTConfig
 from keras_deit.losses import (
@@ -111,6 +111,13 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
 
         return save_pretrained(self, path, layout=layout, overwrite=overwrite,
                                image_processor=image_processor)
+
+    def predict_step(self, *args):
+        # `predict` outputs never take a gradient: on PyTorch, inference mode (see
+        # `kernels.inference_scope`) is cheaper than the `no_grad` Keras opens. `*args`: JAX's
+        # trainer passes (state, data), the others (data).
+        with kernels.inference_scope():
+            return super().predict_step(*args)
 
     # ---- input checks (keras_deit.checks) -------------------------------------------------
     def call(self, inputs, training=None, mask=None, **kwargs):
