@@ -13,6 +13,10 @@ AMX-FP16 for float16): the flags found are printed with the table.
     python benchmarks/precision.py                          # deit-tiny, batch 8, 3 backends
     python benchmarks/precision.py --sizes tiny,base --batch 8 --rounds 3 --seconds 3
     python benchmarks/precision.py --backends jax --sizes test --rounds 1 --seconds 0.2
+    python benchmarks/precision.py --backends torch --sizes base --policies float32,bfloat16
+
+(`--policies`: float32 is always measured, as the reference. On a CPU without float16
+instructions, PyTorch's float16 deit-base takes minutes per batch: leave it out there.)
 """
 
 import argparse
@@ -38,7 +42,7 @@ def cpu_flags():
     return " ".join(f for f in FLAGS if f in flags) or "none of " + " ".join(FLAGS)
 
 
-def child(sizes, batch, rounds, seconds):
+def child(sizes, batch, rounds, seconds, policies=POLICIES):
     """{"<policy>/<size>": {"img/s", "max_abs", "top1"}} on the current backend."""
     import keras
     import numpy as np
@@ -55,7 +59,7 @@ def child(sizes, batch, rounds, seconds):
         keras.utils.set_random_seed(0)
         reference = kd.DeiTForImageClassificationWithTeacher(config)
         models = {"float32": reference}
-        for policy in POLICIES[1:]:
+        for policy in [p for p in policies if p != "float32"]:
             models[policy] = kd.DeiTForImageClassificationWithTeacher(config, dtype=policy)
             models[policy].set_weights(reference.get_weights())
         photos = photographs(image)
@@ -82,6 +86,17 @@ def child(sizes, batch, rounds, seconds):
     return results
 
 
+def _policies(text):
+    """"bfloat16,float32" -> ("float32", "bfloat16"): float32 first (the reference), each once;
+    an unknown name is refused."""
+    names = [name for name in text.split(",") if name]
+    unknown = sorted(set(names) - set(POLICIES))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown policies {unknown}: choose from {', '.join(POLICIES)}")
+    return tuple(p for p in POLICIES if p == "float32" or p in names)
+
+
 def main(argv=None):
     """Runs one child per backend and prints the table; returns {backend: results}."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -90,12 +105,16 @@ def main(argv=None):
     parser.add_argument("--backends", default=",".join(BACKENDS), type=lambda s: s.split(","))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per policy")
+    parser.add_argument("--policies", default=",".join(POLICIES), type=_policies,
+                        help="comma-separated, of " + ",".join(POLICIES))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     common = ["--sizes", ",".join(args.sizes), "--batch", str(args.batch),
-              "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+              "--rounds", str(args.rounds), "--seconds", str(args.seconds),
+              "--policies", ",".join(args.policies)]
     if args.child:
-        print(json.dumps(child(args.sizes, args.batch, args.rounds, args.seconds)))
+        print(json.dumps(child(args.sizes, args.batch, args.rounds, args.seconds,
+                               args.policies)))
         return None
     measured = {}
     for backend in args.backends:
@@ -108,7 +127,7 @@ def main(argv=None):
     for backend, results in measured.items():
         for size in args.sizes:
             base = results[f"float32/{size}"]["img/s"]
-            for policy in POLICIES:
+            for policy in args.policies:
                 r = results[f"{policy}/{size}"]
                 print(f"| {backend} | {size} | {policy} | {r['img/s']:.1f} | "
                       f"{r['img/s'] / base:.2f}x | {r['max_abs']:.3g} | {r['top1']:.2f} |")

@@ -144,6 +144,9 @@ class DeiTAttention(keras.layers.Layer):
             qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
             context, probs = self._eager_attention(qkv, training)
             context = ops.reshape(context, (batch, length, self.hidden_size))
+        # Freed before the output projection, as the context is (a smaller peak: see
+        # DeiTEncoder.call on what a larger one costs on PyTorch).
+        del qkv
         output = kernels.dense(self.proj, context)
         if self.dropout_layer is not None:
             output = self.dropout_layer(output, training=training)
