@@ -37,7 +37,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backend", default="jax")
-    parser.add_argument("--lr", default="1e-2")
+    parser.add_argument("--base-lr", default="1e-2")
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.dirname(here)
@@ -57,7 +57,7 @@ def main(argv=None):
                 os.makedirs(os.path.dirname(out), exist_ok=True)
                 command = [sys.executable, "-m", "keras_deit.cli", "train", data, out,
                            "--model", "deit-digits", "--from-scratch", "--recipe", recipe,
-                           "--epochs", str(args.epochs), "--batch-size", "64", "--lr", args.lr,
+                           "--epochs", str(args.epochs), "--batch-size", "64", "--base-lr", args.base_lr,
                            "--warmup-epochs", "1", "--seed", str(seed)]
                 if teacher:
                     command += ["--teacher", "deit-digits", "--distillation", "hard"]

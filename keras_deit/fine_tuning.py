@@ -276,14 +276,14 @@ def head_accuracies(model, pixel_values, labels, batch_size):
 
 
 def _check_choices(recipe, distillation, epochs, batch_size, image_size, lora, output):
-    if recipe not in RECIPES:
+    if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {RECIPES}. Received: {recipe!r}")
     if distillation not in DISTILLATION_CHOICES:
         raise ValueError(f"--distillation must be one of {DISTILLATION_CHOICES}. Received: "
                          f"{distillation!r}")
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size),
-                        ("--image-size", image_size or 1)):
-        if value < 1:
+                        ("--image-size", image_size)):
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1. Received: {value}")
     if lora is not None and lora < 1:
         raise ValueError(f"--lora must be a rank of at least 1. Received: {lora}")
@@ -295,23 +295,26 @@ def _check_choices(recipe, distillation, epochs, batch_size, image_size, lora, o
 
 
 def train_folder(data_dir, output, model="deit-digits", teacher=None, distillation="hard",
-                 epochs=10, batch_size=64, image_size=None, lora=None, recipe="deit",
+                 epochs=None, batch_size=None, image_size=None, lora=None, recipe=None,
                  resume=False, from_scratch=False, validation_split=0.1, ema_decay=None,
-                 learning_rate=None, warmup_epochs=None, seed=0, verbose=1, print_fn=print):
+                 learning_rate=None, base_learning_rate=None, warmup_epochs=None, seed=0,
+                 verbose=1, print_fn=print):
     """Trains `model` (a `keras-deit predict` source) on the class folders of `data_dir` and
     writes the student to `output` (.keras) with `preprocessor_config.json` beside it.
 
     Args:
         recipe: "deit" (`keras_deit.augmentation.deit_train_dataset`, drop path 0.1) or
-            "light" (the checkpoint's own preprocessing only; integer labels).
+            "light" (the checkpoint's own preprocessing only; integer labels); None: light for
+            a fine-tune, deit `from_scratch` (`keras_deit.recipe.training_plan`).
+        epochs, batch_size, warmup_epochs: None for the defaults of `training_plan`.
         teacher: None or a source of a classifier with the same classes; with
             `distillation` "hard" or "soft" the student must have a distillation head.
         ema_decay: None, or the decay of Keras' optimizer EMA (deit: 0.99996); Keras writes
             the averaged weights into the model at the end, which needs ~1 / (1 - decay) steps
             to move away from the start.
         from_scratch: the source's architecture with freshly initialized weights.
-        learning_rate: the rate for a batch of 512, scaled linearly (deit: 5e-4).
-        warmup_epochs: deit's 5, or fewer when `epochs` is not larger.
+        learning_rate: the peak rate as it is; base_learning_rate: the rate for a batch of
+            512, scaled linearly (deit's rule: 5e-4, the default `from_scratch`).
         Everything else as `keras-deit train --help` says.
 
     Returns:
@@ -322,12 +325,15 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
     from keras_deit.augmentation import deit_train_dataset
     from keras_deit.distillation import DeiTDistiller
     from keras_deit.models import DeiTForImageClassificationWithTeacher
-    from keras_deit.recipe import DEIT_MAIN_DEFAULTS, deit_learning_rate_schedule
+    from keras_deit.recipe import DEIT_MAIN_DEFAULTS, training_plan
     from keras_deit.training import deit_adamw
     import tensorflow as tf
 
     output = os.fspath(output)
     _check_choices(recipe, distillation, epochs, batch_size, image_size, lora, output)
+    plan = training_plan(from_scratch, recipe, batch_size, epochs, learning_rate,
+                         base_learning_rate, warmup_epochs)
+    recipe, batch_size, epochs = plan.recipe, plan.batch_size, plan.epochs
     paths = _paths(output)
     if resume and not os.path.isfile(paths["checkpoint"]):
         raise ValueError(f"--resume: there is no checkpoint {paths['checkpoint']} (a finished "
@@ -387,11 +393,7 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
     # ---- model, optimizer, state ----------------------------------------------------------
     if lora:
         student.enable_lora(lora)
-    warmup = DEIT_MAIN_DEFAULTS["warmup_epochs"] if warmup_epochs is None else warmup_epochs
-    schedule = deit_learning_rate_schedule(
-        batch_size, steps, epochs, base_learning_rate=learning_rate or DEIT_MAIN_DEFAULTS["lr"],
-        warmup_epochs=min(warmup, epochs - 1))
-    optimizer = deit_adamw(schedule, DEIT_MAIN_DEFAULTS["weight_decay"],
+    optimizer = deit_adamw(plan.schedule(steps), DEIT_MAIN_DEFAULTS["weight_decay"],
                            **(dict(use_ema=True, ema_momentum=ema_decay) if ema_decay else {}))
     if distilled:
         trainer = DeiTDistiller(student, teacher_model, distillation,
@@ -423,10 +425,11 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
                                                      profile_batch=0))
     print_fn(f"training {type(student).__name__} on {len(train_labels)} images of "
              f"{num_classes} classes ({len(val_labels)} for validation), recipe {recipe}"
-             f"{f', teacher {teacher} ({distillation})' if distilled else ''}, "
-             f"{epochs} epochs of {steps} steps")
+             f"{f', teacher {teacher} ({distillation})' if distilled else ''}")
+    print_fn(plan.describe(steps))
+    # The dataset shuffles itself (fit's `shuffle` only applies to arrays, and warns).
     trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                callbacks=callbacks, verbose=verbose)
+                callbacks=callbacks, verbose=verbose, shuffle=False)
     if lora:
         from keras_deit.keras_native import merge_lora
 
@@ -436,7 +439,7 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
 
     # ---- summary --------------------------------------------------------------------------
     accuracy = head_accuracies(student, val_pixels, val_labels, batch_size)
-    print_fn(f"wrote {output} ({epochs} epochs); validation accuracy on {len(val_labels)} "
+    print_fn(f"wrote {output} ({epochs} epoch{'s' * (epochs != 1)}); validation accuracy on {len(val_labels)} "
              "images: " + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
     if skipped:
         print_fn(f"skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0][1]}")
@@ -458,22 +461,29 @@ def add_train_arguments(parser):
                         help="a classifier of the same classes to distil from")
     parser.add_argument("--distillation", choices=DISTILLATION_CHOICES, default="hard",
                         help="with --teacher: DeiT's hard (default) or soft distillation, or none")
-    parser.add_argument("--epochs", type=int, default=10, help="default 10")
-    parser.add_argument("--batch-size", type=int, default=64, help="default 64")
+    parser.add_argument("--epochs", type=int,
+                        help="default 10 for a fine-tune, 300 (the paper's) with --from-scratch")
+    parser.add_argument("--batch-size", type=int,
+                        help="the global batch; default 8 for a fine-tune, 64 with "
+                        "--from-scratch")
     parser.add_argument("--image-size", type=int,
                         help="train at this size (default: the model's); position embeddings "
                         "are resampled")
     parser.add_argument("--lora", type=int, metavar="RANK",
                         help="train LoRA adapters of this rank (and the heads), merged at the end")
-    parser.add_argument("--recipe", choices=RECIPES, default="deit",
+    parser.add_argument("--recipe", choices=RECIPES,
                         help="deit: DeiT's augmentation, mixup/cutmix, smoothing, repeated "
-                        "augmentation, drop path (default); light: the checkpoint's "
-                        "preprocessing only")
-    parser.add_argument("--lr", type=float,
-                        help="learning rate for a batch of 512, scaled linearly (deit: 5e-4)")
+                        "augmentation, drop path (the default with --from-scratch); light: the "
+                        "checkpoint's preprocessing only (the default for a fine-tune)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--lr", type=float,
+                      help="peak learning rate, as it is (fine-tune default 1e-4)")
+    rate.add_argument("--base-lr", type=float,
+                      help="learning rate for a batch of 512, scaled by the batch (deit's rule; "
+                      "5e-4 is the default with --from-scratch)")
     parser.add_argument("--warmup-epochs", type=int,
-                        help="linear warmup epochs before the cosine (deit: 5; fewer if --epochs "
-                        "is not larger)")
+                        help="linear warmup epochs before the cosine (fine-tune 1, deit 5; fewer "
+                        "if --epochs is not larger)")
     parser.add_argument("--validation-split", type=float, default=0.1,
                         help="share of each class held out when DATA_DIR has no val/ (0.1)")
     parser.add_argument("--ema-decay", type=float,
@@ -498,7 +508,10 @@ def train_command(args, out=None):
                      batch_size=args.batch_size, image_size=args.image_size, lora=args.lora,
                      recipe=args.recipe, resume=args.resume, from_scratch=args.from_scratch,
                      validation_split=args.validation_split, ema_decay=args.ema_decay,
-                     learning_rate=args.lr, warmup_epochs=args.warmup_epochs, seed=args.seed, print_fn=say)
+                     learning_rate=args.lr, base_learning_rate=args.base_lr,
+                     warmup_epochs=args.warmup_epochs, seed=args.seed,
+                     # A progress bar in a terminal; one line per epoch in a log file.
+                     verbose=1 if out.isatty() else 2, print_fn=say)
     except KeyboardInterrupt:
         done = os.path.isfile(_paths(args.output)["checkpoint"])
         print(f"keras-deit: interrupted; {args.output} and its checkpoint hold the last "

@@ -6,6 +6,8 @@ those pieces take their defaults from, so the two are compared in one place (the
 table lists every argument of `main.py` beside ours).
 """
 
+import dataclasses
+
 import keras
 
 # facebookresearch/deit `main.py` defaults that keras_deit uses (argument names with "_").
@@ -39,6 +41,21 @@ DEIT_MAIN_DEFAULTS = dict(
 
 # main.py scales `lr` by the total batch over this.
 REFERENCE_BATCH_SIZE = 512
+
+# Fine-tuning a checkpoint that already holds trained weights, as transformers' image
+# classification example sets it up (its Trainer: AdamW, batch 8, a few epochs, the
+# checkpoint's own preprocessing): a fixed peak rate, not the paper's batch rule, since the
+# rule is tuned for 300 epochs from scratch. 1e-4 where the Trainer says 5e-5: the head is
+# new whenever the classes change (RESULTS.md, "Defaults that learn", measures both).
+FINE_TUNE_DEFAULTS = dict(
+    recipe="light",
+    batch_size=8,
+    epochs=10,
+    lr=1e-4,
+    warmup_epochs=1,
+    warmup_lr=1e-6,
+    min_lr=1e-6,
+)
 
 
 def scaled_learning_rate(batch_size, base_learning_rate=DEIT_MAIN_DEFAULTS["lr"]):
@@ -81,7 +98,24 @@ def deit_learning_rate_schedule(batch_size, steps_per_epoch, epochs,
     Returns:
         A `keras.optimizers.schedules.CosineDecay` (step -> float32 learning rate).
     """
-    peak = scaled_learning_rate(batch_size, base_learning_rate)
+    return learning_rate_schedule(
+        scaled_learning_rate(batch_size, base_learning_rate), steps_per_epoch, epochs,
+        warmup_epochs, warmup_learning_rate, min_learning_rate)
+
+
+def learning_rate_schedule(peak, steps_per_epoch, epochs, warmup_epochs, warmup_learning_rate,
+                           min_learning_rate):
+    """`deit_learning_rate_schedule` with the peak rate given as it is (no batch rule).
+
+    Args:
+        peak: float > 0, the rate after the warmup.
+        Everything else as `deit_learning_rate_schedule`.
+
+    Returns:
+        A `keras.optimizers.schedules.CosineDecay`.
+    """
+    if not isinstance(peak, (int, float)) or isinstance(peak, bool) or not peak > 0:
+        raise ValueError(f"the learning rate must be a number > 0. Received: {peak!r}")
     if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
         raise ValueError(
             f"`steps_per_epoch` must be a positive int. Received: steps_per_epoch={steps_per_epoch!r}"
@@ -100,3 +134,66 @@ def deit_learning_rate_schedule(batch_size, steps_per_epoch, epochs,
         warmup_target=peak if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """What `keras-deit train` runs: the defaults of a fine-tune or of the paper, with the user's
+    choices applied. `learning_rate` is the peak after the warmup (the batch rule applied)."""
+
+    recipe: str
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    learning_rate_rule: str
+    warmup_epochs: int
+    warmup_learning_rate: float
+    min_learning_rate: float
+
+    def schedule(self, steps_per_epoch):
+        """The per-step `CosineDecay` of this plan."""
+        return learning_rate_schedule(self.learning_rate, steps_per_epoch, self.epochs,
+                                      self.warmup_epochs, self.warmup_learning_rate,
+                                      self.min_learning_rate)
+
+    def describe(self, steps_per_epoch):
+        """One line for the start of a run."""
+        warmup = (f"warm-up {self.warmup_epochs} epoch{'s' * (self.warmup_epochs != 1)} from "
+                  f"{self.warmup_learning_rate:.3g}" if self.warmup_epochs else "no warm-up")
+        return (f"recipe {self.recipe}, batch {self.batch_size}, {steps_per_epoch} steps per "
+                f"epoch, {self.epochs} epoch{'s' * (self.epochs != 1)}, learning rate "
+                f"{self.learning_rate:.3g} ({self.learning_rate_rule}), {warmup}, cosine to "
+                f"{self.min_learning_rate:.3g}")
+
+
+def training_plan(from_scratch, recipe=None, batch_size=None, epochs=None, learning_rate=None,
+                  base_learning_rate=None, warmup_epochs=None):
+    """The `TrainingPlan` of `keras-deit train`: `FINE_TUNE_DEFAULTS` for a checkpoint's trained
+    weights, the paper's (`DEIT_MAIN_DEFAULTS`: the deit recipe, 5e-4 x batch / 512, 5 warm-up
+    epochs, 300 epochs) `from_scratch`; any argument given replaces its default.
+
+    Args:
+        learning_rate: the peak rate as it is; or
+        base_learning_rate: the rate for a batch of 512, scaled by `batch_size` (deit's rule).
+            At most one of the two.
+        warmup_epochs: capped at `epochs - 1` (the cosine needs an epoch).
+    """
+    if learning_rate is not None and base_learning_rate is not None:
+        raise ValueError("pass a learning rate (--lr) or a rate per 512 images (--base-lr), not "
+                         f"both. Received: {learning_rate!r} and {base_learning_rate!r}")
+    defaults = DEIT_MAIN_DEFAULTS if from_scratch else FINE_TUNE_DEFAULTS
+    recipe = recipe or ("deit" if from_scratch else FINE_TUNE_DEFAULTS["recipe"])
+    batch_size = batch_size or defaults["batch_size"]
+    epochs = epochs or defaults["epochs"]
+    if learning_rate is None and base_learning_rate is None and from_scratch:
+        base_learning_rate = DEIT_MAIN_DEFAULTS["lr"]
+    if base_learning_rate is not None:
+        peak = scaled_learning_rate(batch_size, base_learning_rate)
+        rule = f"{base_learning_rate:.3g} x batch {batch_size} / {REFERENCE_BATCH_SIZE}"
+    elif learning_rate is not None:
+        peak, rule = learning_rate, "--lr"
+    else:
+        peak, rule = FINE_TUNE_DEFAULTS["lr"], "fine-tuning default"
+    warmup = defaults["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+    return TrainingPlan(recipe, batch_size, epochs, float(peak), rule, min(warmup, epochs - 1),
+                        defaults["warmup_lr"], min(defaults["min_lr"], float(peak)))

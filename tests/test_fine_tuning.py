@@ -2,8 +2,10 @@
 predict, export and from_pretrained load out; checkpoints, resume, Ctrl-C, bad input."""
 
 import csv
+import importlib.util
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,7 +79,7 @@ def test_train_light_loads_in_predict_export_and_from_pretrained(setup, tmp_path
     output = str(tmp_path / "out" / "model.keras")
     os.makedirs(os.path.dirname(output))
     assert main(["train", data, output, "--model", setup["model"], "--recipe", "light",
-                 "--epochs", "2", "--batch-size", "4", "--lr", "0.05"]) == 0
+                 "--epochs", "2", "--batch-size", "4", "--base-lr", "0.05"]) == 0
     printed = capsys.readouterr().out
     assert "validation accuracy on 3 images: logits" in printed and "distillation_logits" in printed
     assert "skipped 1 unreadable image file(s), e.g. cannot read" in printed
@@ -209,3 +211,22 @@ def test_from_pretrained_of_a_keras_file_checks_the_class_and_options(setup):
     with pytest.raises(ValueError, match=r"takes no options.*\['num_labels'\]"):
         kd.DeiTForImageClassificationWithTeacher.from_pretrained(setup["model"], num_labels=2)
     assert kd.DeiTPreTrainedModel.from_pretrained(setup["model"]).config.num_labels == 3
+
+
+def test_the_defaults_learn_an_easy_folder(tmp_path, capsys):
+    """`keras-deit train DATA OUT.keras` with no option: a fine-tune of the built-in model that
+    learns three classes of coloured shapes (chance is 1/3)."""
+    spec = importlib.util.spec_from_file_location(
+        "shapes_folder", os.path.join(REPO, "benchmarks", "shapes_folder.py"))
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    data = str(tmp_path / "shapes")
+    shapes.write_shapes_folder(data, train_per_class=20, val_per_class=8)
+    output = str(tmp_path / "model.keras")
+    assert main(["train", data, output]) == 0
+    printed = capsys.readouterr().out
+    assert ("recipe light, batch 8, 7 steps per epoch, 10 epochs, learning rate 0.0001 "
+            "(fine-tuning default), warm-up 1 epoch from 1e-06, cosine to 1e-06") in printed
+    accuracy = float(re.search(r"validation accuracy on 24 images: logits ([0-9.]+)",
+                               printed).group(1))
+    assert accuracy >= 0.75, printed

@@ -6,8 +6,10 @@ import pytest
 from helpers import to_numpy
 from keras_deit.recipe import (
     DEIT_MAIN_DEFAULTS,
+    FINE_TUNE_DEFAULTS,
     deit_learning_rate_schedule,
     scaled_learning_rate,
+    training_plan,
 )
 
 
@@ -60,3 +62,31 @@ def test_schedule_arguments_are_checked():
         deit_learning_rate_schedule(512, 0, 10)
     with pytest.raises(ValueError, match="epochs=5, warmup_epochs=5"):
         deit_learning_rate_schedule(512, 10, 5)
+
+
+def test_training_plan_fine_tune_and_from_scratch_defaults():
+    fine = training_plan(from_scratch=False)
+    assert (fine.recipe, fine.batch_size, fine.epochs, fine.learning_rate, fine.warmup_epochs) == (
+        "light", 8, 10, 1e-4, 1)
+    assert fine.describe(7) == (
+        "recipe light, batch 8, 7 steps per epoch, 10 epochs, learning rate 0.0001 (fine-tuning "
+        "default), warm-up 1 epoch from 1e-06, cosine to 1e-06")
+    scratch = training_plan(from_scratch=True)
+    assert (scratch.recipe, scratch.batch_size, scratch.epochs, scratch.warmup_epochs) == (
+        "deit", 64, 300, 5)
+    assert scratch.learning_rate == scaled_learning_rate(64) == 6.25e-5
+    assert "learning rate 6.25e-05 (0.0005 x batch 64 / 512)" in scratch.describe(3)
+    assert scratch.min_learning_rate == 1e-5 and FINE_TUNE_DEFAULTS["min_lr"] == 1e-6
+
+
+def test_training_plan_takes_the_users_choices():
+    plan = training_plan(from_scratch=False, recipe="deit", batch_size=32, epochs=3,
+                         base_learning_rate=1e-3, warmup_epochs=5)
+    assert (plan.recipe, plan.batch_size, plan.learning_rate) == ("deit", 32, 1e-3 * 32 / 512)
+    assert plan.warmup_epochs == 2  # the cosine keeps one epoch
+    assert "no warm-up" in training_plan(False, epochs=1).describe(1)
+    assert training_plan(True, learning_rate=3e-4).learning_rate == 3e-4
+    with pytest.raises(ValueError, match="not both"):
+        training_plan(False, learning_rate=1e-4, base_learning_rate=5e-4)
+    schedule = training_plan(False, epochs=4).schedule(steps_per_epoch=2)
+    assert abs(float(to_numpy(schedule(2))) - 1e-4) < 1e-9  # the peak after the warm-up (float32)
