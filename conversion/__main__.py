@@ -1,8 +1,8 @@
-"""`python -m conversion SOURCE OUTPUT [options]`: see `conversion.cli`."""
+"""`python -m keras_deit.conversion SOURCE OUTPUT [options]`: see `keras_deit.conversion.cli`."""
 
 import sys
 
-from conversion.cli import main
+from keras_deit.conversion.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,5 @@
-"""`python -m conversion SOURCE OUTPUT`: convert a DeiT checkpoint into a Keras file, a
-transformers folder or an original-layout `.pth` (`conversion.writers`).
+"""`python -m keras_deit.conversion SOURCE OUTPUT`: convert a DeiT checkpoint into a Keras file, a
+transformers folder or an original-layout `.pth` (`keras_deit.conversion.writers`).
 
 `main(argv)` is the whole command, so another console script (`keras-deit convert`) can wrap
 it. Exit codes: 0 written, 1 `--verify` found a difference above the tolerance (nothing
@@ -12,12 +12,16 @@ import sys
 import warnings
 
 from keras_deit import atomic
-from conversion.readers import CheckpointError
-from keras_deit.models import MODEL_CLASSES, DeiTModel
+from keras_deit.backend_logs import import_backend
+from keras_deit.conversion.readers import CheckpointError
+from keras_deit.conversion.hf import ARCHITECTURES
 
+# Our model classes, by name (`keras_deit.models.MODEL_CLASSES`), without importing Keras to
+# list them in --help.
+MODEL_CLASS_NAMES = tuple(dict.fromkeys(ARCHITECTURES.values()))
 # What OUTPUT may end with, and how each is written.
 OUTPUT_SUFFIXES = (".keras", ".weights.h5")
-# The PyTorch layouts (`conversion.writers`): a folder for transformers, a file for timm.
+# The PyTorch layouts (`keras_deit.conversion.writers`): a folder for transformers, a file for timm.
 TIMM_SUFFIXES = (".pth", ".pt")
 
 
@@ -30,7 +34,7 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see --help)")
 
 
-def build_parser(prog="python -m conversion"):
+def build_parser(prog="python -m keras_deit.conversion"):
     """The command's argument parser."""
     parser = _ArgumentParser(
         prog=prog,
@@ -44,7 +48,7 @@ def build_parser(prog="python -m conversion"):
     parser.add_argument("--layout", default=None, choices=("transformers", "timm"),
                         help="write for PyTorch: a transformers folder or an original-layout "
                              ".pth (default: from OUTPUT's suffix)")
-    parser.add_argument("--model-class", default="auto", choices=("auto", *MODEL_CLASSES),
+    parser.add_argument("--model-class", default="auto", choices=("auto", *MODEL_CLASS_NAMES),
                         help="model to build (default: the checkpoint's own)")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="attention heads, for timm-layout weights matching no preset")
@@ -60,14 +64,17 @@ def build_parser(prog="python -m conversion"):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUTPUT if it exists (default: refuse)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ logs (hidden by default)")
     return parser
 
 
-def main(argv=None, prog="python -m conversion"):
+def main(argv=None, prog="python -m keras_deit.conversion"):
     """Runs the command with `argv` (default `sys.argv[1:]`); returns the exit code."""
     try:
         args = build_parser(prog).parse_args(argv)
         _check_args(args)
+        import_backend(args.verbose)
         return _convert(args)
     except _UsageError as e:
         return _fail(f"usage: {e}")
@@ -123,7 +130,8 @@ def _check_args(args):
 
 
 def _convert(args):
-    from conversion.loading import build_model, open_checkpoint
+    from keras_deit.conversion.loading import build_model, open_checkpoint
+    from keras_deit.models import MODEL_CLASSES, DeiTModel
 
     show = not args.quiet
     with warnings.catch_warnings():
@@ -135,9 +143,9 @@ def _convert(args):
         )
     for note in checkpoint.notes:
         print(f"warning: {note}", file=sys.stderr)
-    cls = None if args.model_class == "auto" else MODEL_CLASSES[args.model_class]
+    cls = MODEL_CLASSES[checkpoint.model_class if args.model_class == "auto" else args.model_class]
     options = {}
-    if args.layout == "timm" and (cls or MODEL_CLASSES[checkpoint.model_class]) is DeiTModel:
+    if args.layout == "timm" and cls is DeiTModel:
         # timm has no pooler, and a bare model's pooler has no pretrained weights to keep.
         options["add_pooling_layer"] = False
     with warnings.catch_warnings():
@@ -147,12 +155,12 @@ def _convert(args):
     if show:
         print(summary(model, checkpoint))
     if args.layout != "keras":
-        from conversion.writers import check_layout
+        from keras_deit.conversion.writers import check_layout
 
         check_layout(model, args.layout)  # before --verify: refusing costs nothing then
 
     if args.verify:
-        from conversion.verify import verify
+        from keras_deit.conversion.verify import verify
 
         result = verify(model, checkpoint, tolerance=args.tolerance)
         for key, diff in result.differences.items():
@@ -170,9 +178,13 @@ def _convert(args):
     if args.layout == "keras":
         write_atomically(model, args.output)
     else:
-        from conversion.writers import save_pretrained
+        from keras_deit.conversion.writers import save_pretrained
 
-        save_pretrained(model, args.output, layout=args.layout, overwrite=args.overwrite)
+        with warnings.catch_warnings(record=True) as caught:  # one line each, as the notes
+            warnings.simplefilter("always")
+            save_pretrained(model, args.output, layout=args.layout, overwrite=args.overwrite)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
     if show:
         print(f"wrote {args.output} ({args.layout} layout, {_size(args.output) / 1e6:.1f} MB)")
     return 0

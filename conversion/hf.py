@@ -7,7 +7,7 @@ paths to the source tensor(s) it is made from and the transform between the layo
 
 import re
 
-from conversion.key_maps import (  # the row transforms, public here too
+from keras_deit.conversion.key_maps import (  # the row transforms, public here too
     conv1x1_as_dense_kernel,
     conv_kernel,
     dense_kernel,
@@ -18,6 +18,17 @@ from conversion.key_maps import (  # the row transforms, public here too
 )
 
 BACKBONE_PREFIXES = ("deit.", "vit.")
+
+# Which of our classes an HF `architectures` entry means.
+ARCHITECTURES = {
+    "DeiTModel": "DeiTModel",
+    "ViTModel": "DeiTModel",
+    "DeiTForImageClassification": "DeiTForImageClassification",
+    "ViTForImageClassification": "DeiTForImageClassification",
+    "DeiTForImageClassificationWithTeacher": "DeiTForImageClassificationWithTeacher",
+    "DeiTForMaskedImageModeling": "DeiTForMaskedImageModeling",
+    "ViTForMaskedImageModeling": "DeiTForMaskedImageModeling",
+}
 
 # transformers v5 names its modules differently in memory (`layers.0.attention.q_proj`) and
 # converts back to the names below when it saves; a raw v5 `state_dict()` uses the new ones.

@@ -1,4 +1,4 @@
-"""The row protocol both key maps (`conversion.hf`, `conversion.timm`) share: each row is
+"""The row protocol both key maps (`keras_deit.conversion.hf`, `keras_deit.conversion.timm`) share: each row is
 (our variable path, source name or names, transform), `{i}` standing for the block index; the
 transforms between torch and Keras layouts; `expand`, which repeats the block rows."""
 

@@ -1,9 +1,9 @@
 """Filling a Keras DeiT model from a checkpoint: resolve, read, map, check, assign.
 
-`load_pretrained` takes any source `conversion.sources` knows (preset, URL, hub id, folder,
+`load_pretrained` takes any source `keras_deit.conversion.sources` knows (preset, URL, hub id, folder,
 file), reads it, works out its config (config.json, or the tensor shapes for timm-layout
-weights), and assigns it through the key map of its naming (`conversion.hf` or
-`conversion.timm`).
+weights), and assigns it through the key map of its naming (`keras_deit.conversion.hf` or
+`keras_deit.conversion.timm`).
 
 Nothing is assigned until every check has passed, and the model is only returned then, so a
 failed load never leaves a half-filled model behind.
@@ -16,27 +16,17 @@ import warnings
 
 import numpy as np
 
-from conversion import hf, key_maps, sources, timm
-from conversion.readers import (
+from keras_deit.conversion import hf, key_maps, sources, timm
+from keras_deit.conversion.readers import (
     CheckpointError, CorruptCheckpointError, read_checkpoint, read_safetensors_header,
 )
-from conversion.shapes import check_hf_config
+from keras_deit.conversion.shapes import check_hf_config
+from keras_deit import keras_native
 from keras_deit.config import read_json_object
 from keras_deit.model_preprocessing import processor_for
 
 # Weight files of an HF folder, in the order transformers prefers them.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "tf_model.h5")
-
-# Which of our classes an HF `architectures` entry means.
-ARCHITECTURES = {
-    "DeiTModel": "DeiTModel",
-    "ViTModel": "DeiTModel",
-    "DeiTForImageClassification": "DeiTForImageClassification",
-    "ViTForImageClassification": "DeiTForImageClassification",
-    "DeiTForImageClassificationWithTeacher": "DeiTForImageClassificationWithTeacher",
-    "DeiTForMaskedImageModeling": "DeiTForMaskedImageModeling",
-    "ViTForMaskedImageModeling": "DeiTForMaskedImageModeling",
-}
 
 
 @dataclasses.dataclass
@@ -192,13 +182,12 @@ def _describe(config):
 
 
 def model_class_for(config):
-    """Our class for the config's `architectures` entry (DeiTModel when there is none)."""
-    import keras_deit
-
+    """The name of our class for the config's `architectures` entry ("DeiTModel" when there
+    is none)."""
     for name in config.extra.get("architectures") or []:
-        if name in ARCHITECTURES:
-            return getattr(keras_deit, ARCHITECTURES[name])
-    return keras_deit.DeiTModel
+        if name in hf.ARCHITECTURES:
+            return hf.ARCHITECTURES[name]
+    return "DeiTModel"
 
 
 @dataclasses.dataclass
@@ -238,7 +227,7 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
             replaces config.json, as before.
         weights_file: inside a folder, the weights file to read.
         num_attention_heads: for timm-layout weights, the head count (shapes do not give it).
-        preset_source: "original" or "hub", for preset names (see `conversion.sources`).
+        preset_source: "original" or "hub", for preset names (see `keras_deit.conversion.sources`).
         cache_dir: download cache (default `$KERAS_DEIT_CACHE` or `~/.cache/keras_deit`).
         progress: show progress bars for large downloads.
         revision: hub revision for hub ids.
@@ -254,7 +243,7 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
     preset_config = None
     if resolved.preset is not None:
         kind = "hub" if preset_source == "hub" else "original"
-        preset_config = presets.preset_config(resolved.preset, source=kind)
+        preset_config = DeiTConfig.from_preset(resolved.preset, source=kind)
 
     folder = resolved.path if resolved.is_folder else None
     path = find_weights_file(folder, weights_file) if folder else resolved.path
@@ -274,7 +263,7 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
         # A timm hub folder's config.json names its timm architecture: a preset, if it is one.
         arch = (meta or {}).get("architecture")
         expected = config or preset_config or (
-            presets.preset_config(arch) if presets.is_preset(arch) else None
+            DeiTConfig.from_preset(arch) if presets.is_preset(arch) else None
         )
         notes = []
         config = timm.config_from_timm_state(tensors, num_attention_heads, expected, notes)
@@ -300,7 +289,7 @@ def open_checkpoint(source, config=None, weights_file=None, num_attention_heads=
                 )
         check_hf_config(config, shapes, path, config_path)
         tensors = _read(read_checkpoint, path, resolved) if tensors is None else tensors
-        model_class = model_class_for(config).__name__
+        model_class = model_class_for(config)
         fmt = "hf"
         notes = []
     return Checkpoint(tensors=tensors, config=config, format=fmt, path=path, folder=folder,
@@ -345,12 +334,16 @@ _PROGRESS_MIN_BYTES = 256 << 20
 def load_pretrained(cls, source, config=None, weights_file=None, strict=True, num_labels=None,
                     id2label=None, num_attention_heads=None, preset_source="original",
                     cache_dir=None, progress=True, revision=None, **model_options):
-    """Builds `cls` (a DeiT model class, or None to follow the checkpoint) and fills it.
+    """Builds `cls` (a DeiT model class, or the checkpoint's own) and fills it.
+
+    `DeiTPreTrainedModel.from_pretrained` is the entry point; this is its body, beside the
+    readers, so that the models import conversion and never the reverse.
 
     Args:
-        cls: one of the four model classes, or None / `DeiTPreTrainedModel` for automatic: the
-            config.json `architectures` for HF checkpoints; for timm ones the distilled model
-            with both heads, the classifier, or the bare model when there is no head.
+        cls: one of the four model classes, or a dict {class name: class} (such as
+            `keras_deit.models.MODEL_CLASSES`) for automatic: the class the config.json
+            `architectures` names for HF checkpoints; for timm ones the distilled model with
+            both heads, the classifier, or the bare model when there is no head.
         source: a preset name (`keras_deit.presets.list_presets()`), a URL of an original `.pth`
             file, a Hugging Face Hub id, a local HF folder (`config.json` + weights), a timm hub
             folder, or a local `.pth` / `.bin` / `.safetensors` file. See `open_checkpoint`.
@@ -391,14 +384,10 @@ def load_pretrained(cls, source, config=None, weights_file=None, strict=True, nu
 
 
 def build_model(checkpoint, cls=None, strict=True, progress=True, **model_options):
-    """Builds `cls` (None or `DeiTPreTrainedModel`: the checkpoint's own class) from an opened
-    `Checkpoint` and fills it; see `load_pretrained`."""
-    import keras_deit
-    from keras_deit import keras_native
-    from keras_deit.models import DeiTPreTrainedModel
-
-    if cls is None or cls is DeiTPreTrainedModel:
-        cls = getattr(keras_deit, checkpoint.model_class)
+    """Builds `cls` (a model class, or a dict {class name: class} to take the checkpoint's own
+    class from) from an opened `Checkpoint` and fills it; see `load_pretrained`."""
+    if isinstance(cls, dict):
+        cls = cls[checkpoint.model_class]
     # A quantized dtype ("int8_from_float32") is applied after the float weights are in: the
     # checkpoint holds float kernels, and Keras quantizes from them.
     dtype = model_options.pop("dtype", None)
@@ -420,7 +409,7 @@ def _fill(model, checkpoint, strict, progress):
     bar = None
     size = sum(np.asarray(t).nbytes for t in checkpoint.tensors.values())
     if progress and size >= _PROGRESS_MIN_BYTES:
-        from conversion.progress import Progress
+        from keras_deit.conversion.progress import Progress
 
         bar = Progress("Converting", unit="variables")
 

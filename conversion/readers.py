@@ -22,6 +22,8 @@ import struct
 
 import numpy as np
 
+from keras_deit.checks import is_int
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or that does not fit the model."""
@@ -71,10 +73,6 @@ def _reject_duplicates(pairs):
 
 class _DuplicateKey(Exception):
     pass
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_safetensors_header(path):
@@ -153,10 +151,10 @@ def _tensor_spec(path, name, spec):
     if dtype not in _SAFETENSORS_DTYPES:
         raise _corrupt(path, f"{where}: unsupported dtype {dtype!r} (expected one of "
                              f"{', '.join(_SAFETENSORS_DTYPES)})")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
         raise _corrupt(path, f"{where}: shape {shape!r} is not a list of non-negative ints")
     if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(_is_int(o) and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+            or not all(is_int(o) and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
         raise _corrupt(path, f"{where}: data_offsets {offsets!r} are not two ints "
                              "0 <= begin <= end")
     nbytes = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize

@@ -4,14 +4,14 @@ A `config.json` decides how much memory the model takes (`hidden_size: 3000000` 
 before the first weight is compared), so it is compared with the shapes the checkpoint
 declares (a safetensors header is enough: no tensor data is read) and refused on any
 difference. The checks read the checkpoint's own tensor names (transformers' saved names,
-after `conversion.hf.canonicalize`), never our variable paths, so they hold whatever the key
+after `keras_deit.conversion.hf.canonicalize`), never our variable paths, so they hold whatever the key
 map makes of them.
 """
 
 import re
 
-from conversion import hf
-from conversion.readers import CheckpointError
+from keras_deit.conversion import hf
+from keras_deit.conversion.readers import CheckpointError
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 

@@ -26,8 +26,8 @@ import urllib.parse
 import urllib.request
 
 from keras_deit import atomic
-from conversion.progress import Progress
-from conversion.readers import CheckpointError
+from keras_deit.conversion.progress import Progress
+from keras_deit.conversion.readers import CheckpointError
 
 CACHE_ENV = "KERAS_DEIT_CACHE"
 # torch.hub's convention: `name-<first hex digits of sha256>.ext`.

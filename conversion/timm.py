@@ -4,7 +4,7 @@ The original `.pth` releases (dl.fbaipublicfiles.com/deit/) were written by mode
 timm, so they share timm's names (`blocks.3.attn.qkv.weight`); the DeiT III files name their
 LayerScale vectors `gamma_1` / `gamma_2`, which timm renames to `ls1.gamma` / `ls2.gamma`.
 `canonicalize` brings both to timm's names, then one table maps them onto our variable paths,
-with the row protocol of `conversion.key_maps`, as `conversion.hf`.
+with the row protocol of `keras_deit.conversion.key_maps`, as `keras_deit.conversion.hf`.
 
 A state dict carries no config, so `config_from_timm_state` reads the architecture from the
 tensor shapes. The head count is the one thing shapes cannot tell (a fused (3d, d) qkv weight
@@ -18,8 +18,8 @@ import warnings
 
 import numpy as np
 
-from conversion.key_maps import conv_kernel, dense_kernel, same
-from conversion.readers import CheckpointError
+from keras_deit.conversion.key_maps import conv_kernel, dense_kernel, same
+from keras_deit.conversion.readers import CheckpointError
 
 HEAD_DIM = 64
 

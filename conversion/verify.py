@@ -6,7 +6,7 @@ The reference depends on where the weights came from:
   the checkpoint folder (safetensors or .bin), so its key handling is independent of ours.
   A `tf_model.h5` (which transformers v5 no longer reads) goes through our reader first.
 - timm / original DeiT weights: no timm here, so the state dict is renamed to transformers'
-  names (`conversion.timm.to_transformers`, the fused qkv split in three) and loaded into
+  names (`keras_deit.conversion.timm.to_transformers`, the fused qkv split in three) and loaded into
   transformers' DeiT (distilled) or ViT (non-distilled) class, built with timm's epsilon.
 - DeiT III (LayerScale, position embeddings on the patches only) has no transformers class:
   `timm_reference` computes timm's forward pass with torch functional ops, straight from the
@@ -24,9 +24,9 @@ import tempfile
 
 import numpy as np
 
-from conversion import timm
-from conversion.readers import CheckpointError
-from conversion.writers import write_safetensors
+from keras_deit.conversion import timm
+from keras_deit.conversion.readers import CheckpointError
+from keras_deit.conversion.writers import write_safetensors
 
 # Outputs compared; `pooler_output` is left out: the pooler has no pretrained weights.
 COMPARED = ("last_hidden_state", "logits", "cls_logits", "distillation_logits", "reconstruction")
@@ -106,7 +106,7 @@ def _ours(model, pixel_values, mask):
 
 
 def verify(model, checkpoint, tolerance=1e-4, seed=0):
-    """Runs `model` and the reference for `checkpoint` (a `conversion.loading.Checkpoint`) on
+    """Runs `model` and the reference for `checkpoint` (a `keras_deit.conversion.loading.Checkpoint`) on
     the same random input and returns a `VerifyResult`."""
     pixel_values, mask = random_inputs(model, seed)
     ours = _ours(model, pixel_values, mask)

@@ -1,6 +1,6 @@
 """Writing a Keras DeiT model back out: transformers' folder layout and the original timm `.pth`.
 
-The exact inverse of loading. The same key maps (`conversion.hf`, `conversion.timm`) are
+The exact inverse of loading. The same key maps (`keras_deit.conversion.hf`, `keras_deit.conversion.timm`) are
 walked the other way: every row our model has gives the source tensor(s) it was made from,
 through the inverse of the row's transform (`INVERSES`). A model variable that no row names
 (a quantized scale, a LoRA factor, a part the layout has no place for) is refused, so nothing
@@ -15,12 +15,12 @@ releases are. Both write through `keras_deit.atomic`: the output appears whole o
 import json
 import os
 import struct
+import warnings
 
 import numpy as np
 
-from conversion import hf, timm
-from conversion.loading import ARCHITECTURES
-from conversion.readers import CheckpointError
+from keras_deit.conversion import hf, timm
+from keras_deit.conversion.readers import CheckpointError
 from keras_deit import atomic
 
 LAYOUTS = ("transformers", "timm")
@@ -149,7 +149,7 @@ def transformers_architecture(model):
     name = type(model).__name__
     if not config.use_distillation_token:
         name = name.replace("DeiT", "ViT", 1)
-    if name not in ARCHITECTURES:
+    if name not in hf.ARCHITECTURES:
         raise CheckpointError(
             f"transformers has no {name} class for a {type(model).__name__} without "
             "distillation token; nothing can read it back in that layout."
@@ -329,6 +329,7 @@ def save_timm(model, path, overwrite=False):
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: name a .pth file for the timm layout.")
+    _warn_if_not_timm_eps(model, path)
     tensors = timm_state_dict(model)
     torch = _require_torch()
     state = {name: _torch_tensor(torch, value) for name, value in tensors.items()}
@@ -336,6 +337,24 @@ def save_timm(model, path, overwrite=False):
     with atomic.replacing(path, overwrite, needed) as tmp:
         torch.save({"model": state}, tmp)
     return path
+
+
+def _warn_if_not_timm_eps(model, path):
+    """A `.pth` holds no config: timm and facebookresearch/deit rebuild LayerNorm with 1e-6,
+    so a model normalized with another epsilon (every transformers DeiT config: 1e-12) would
+    reload with slightly different outputs (~5e-5 for deit-tiny), silently but for this."""
+    from keras_deit import presets
+
+    eps, timm_eps = model.config.layer_norm_eps, presets.LAYER_NORM_EPS["original"]
+    if eps != timm_eps:
+        warnings.warn(
+            f"{path}: the model's layer_norm_eps is {eps:g}, but a .pth holds no config and "
+            f"timm's create_model builds LayerNorm(eps={timm_eps:g}): outputs read back that "
+            f"way differ slightly; pass norm_layer=partial(nn.LayerNorm, eps={eps:g}) to "
+            "create_model, or use the transformers layout (its config.json keeps the epsilon).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def save_pretrained(model, path, layout="transformers", overwrite=False, image_processor=None):

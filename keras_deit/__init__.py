@@ -1,46 +1,63 @@
-"""keras-deit: DeiT (Data-efficient Image Transformers) for Keras 3 on TensorFlow, JAX and PyTorch."""
+"""keras-deit: DeiT (Data-efficient Image Transformers) for Keras 3 on TensorFlow, JAX and PyTorch.
 
-from keras_deit.bridges import from_keras_hub, to_keras_hub
-from keras_deit.config import ConfigError, DeiTConfig
-from keras_deit.layers import (
-    DeiTAttention,
-    DeiTEmbeddings,
-    DeiTEncoder,
-    DeiTLayer,
-    DeiTMaskedImageModelingDecoder,
-    DeiTMLP,
-    DeiTPatchEmbeddings,
-    DeiTPooler,
-    default_attn_implementation,
-)
-from keras_deit.distillation import (
-    DeiTDistiller,
-    distillation_loss,
-    hard_distillation_loss,
-    soft_distillation_loss,
-)
-from keras_deit.image_processing import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    IMAGENET_STANDARD_MEAN,
-    IMAGENET_STANDARD_STD,
-    DeiTFeatureExtractor,
-    DeiTImageProcessor,
-)
-from keras_deit.layers.preprocessing import DeiTPreprocessing
-from keras_deit.losses import classification_loss, masked_image_modeling_loss
-from keras_deit.masking import MaskGenerator
-from keras_deit.models import (
-    DeiTForImageClassification,
-    DeiTForImageClassificationWithTeacher,
-    DeiTForMaskedImageModeling,
-    DeiTModel,
-    DeiTPreTrainedModel,
-)
-from keras_deit.training import (
-    deit_adamw,
-    rebuild_at_image_size,
-    transfer_backbone_weights,
-)
+The public names below are imported on first use (`kd.DeiTModel` imports `keras_deit.models`),
+so that `import keras_deit` and the `keras-deit` command's argument parsing import no Keras
+backend; a command imports one only when it runs.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "from_keras_hub": "keras_deit.bridges",
+    "to_keras_hub": "keras_deit.bridges",
+    "ConfigError": "keras_deit.config",
+    "DeiTConfig": "keras_deit.config",
+    "DeiTAttention": "keras_deit.layers",
+    "DeiTEmbeddings": "keras_deit.layers",
+    "DeiTEncoder": "keras_deit.layers",
+    "DeiTLayer": "keras_deit.layers",
+    "DeiTMaskedImageModelingDecoder": "keras_deit.layers",
+    "DeiTMLP": "keras_deit.layers",
+    "DeiTPatchEmbeddings": "keras_deit.layers",
+    "DeiTPooler": "keras_deit.layers",
+    "default_attn_implementation": "keras_deit.layers",
+    "DeiTDistiller": "keras_deit.distillation",
+    "distillation_loss": "keras_deit.distillation",
+    "hard_distillation_loss": "keras_deit.distillation",
+    "soft_distillation_loss": "keras_deit.distillation",
+    "IMAGENET_DEFAULT_MEAN": "keras_deit.image_processing",
+    "IMAGENET_DEFAULT_STD": "keras_deit.image_processing",
+    "IMAGENET_STANDARD_MEAN": "keras_deit.image_processing",
+    "IMAGENET_STANDARD_STD": "keras_deit.image_processing",
+    "DeiTFeatureExtractor": "keras_deit.image_processing",
+    "DeiTImageProcessor": "keras_deit.image_processing",
+    "DeiTPreprocessing": "keras_deit.layers.preprocessing",
+    "classification_loss": "keras_deit.losses",
+    "masked_image_modeling_loss": "keras_deit.losses",
+    "MaskGenerator": "keras_deit.masking",
+    "DeiTForImageClassification": "keras_deit.models",
+    "DeiTForImageClassificationWithTeacher": "keras_deit.models",
+    "DeiTForMaskedImageModeling": "keras_deit.models",
+    "DeiTModel": "keras_deit.models",
+    "DeiTPreTrainedModel": "keras_deit.models",
+    "deit_adamw": "keras_deit.training",
+    "rebuild_at_image_size": "keras_deit.training",
+    "transfer_backbone_weights": "keras_deit.training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_deit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -19,10 +19,8 @@ import math
 
 import keras
 import numpy as np
-# Keras exports no public base for layers that switch to TensorFlow ops inside tf.data on every
-# backend (its own RandAugment, MixUp, ... derive from this one); pinned by keras>=3.15.
-from keras.src.layers.preprocessing.data_layer import DataLayer
 
+from keras_deit.keras_internals import DataLayer  # Keras' tf.data-safe base (internal)
 from keras_deit.recipe import DEIT_MAIN_DEFAULTS
 
 # PIL's bicubic coefficient (timm resizes PIL images); PyTorch's tensors use -0.75.

@@ -2,28 +2,29 @@
 `DeiTDistiller` and the layers), SimMIM inputs, and the trainer entry points that check before
 any step runs.
 
-Nothing here imports the rest of keras_deit, so every layer of the package may use it.
+Nothing here imports the rest of keras_deit, so every layer of the package may use it, nor
+Keras at import time (the models that run the trainer checks have imported it), so the
+keras-free readers of `keras_deit.conversion` share `is_int`.
 """
 
 import inspect
-
-import keras
 
 
 def pair(value, name, error=ValueError):
     """`value` (an int or a pair of ints) as a (height, width) tuple of positive ints; raises
     `error` naming the argument `name` otherwise."""
-    if _is_int(value):
+    if is_int(value):
         value = (value, value)
     if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(_is_int(v) and v > 0 for v in value)):
+            or not all(is_int(v) and v > 0 for v in value)):
         raise error(
             f"`{name}` must be a positive int or a pair of positive ints. Received: {name}={value!r}"
         )
     return tuple(value)
 
 
-def _is_int(value):
+def is_int(value):
+    """Whether `value` is a Python int, bool excluded (`True` is an int to Python)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -170,6 +171,8 @@ class TrainerEntryChecks:
         raise NotImplementedError
 
     def _checked(self, method, x, args, kwargs):
+        import keras
+
         arguments = inspect.signature(getattr(keras.Model, method)).bind(
             self, x, *args, **kwargs
         ).arguments
@@ -202,6 +205,8 @@ class TrainerEntryChecks:
     def compile_from_config(self, config):
         """Compiles a loaded model from its saved compile config (`compile` is overridden, so
         Keras leaves this to the class)."""
+        import keras
+
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built and getattr(self, "optimizer", None) is not None:
             self.optimizer.build(self.trainable_variables)

@@ -1,31 +1,42 @@
 """The `keras-deit` command: classify images, convert checkpoints.
 
     keras-deit predict IMAGE... [--model SOURCE] [--top-k 5] [--backend jax|tensorflow|torch]
-    keras-deit convert SOURCE OUTPUT [...]       (same as `python -m conversion`)
+    keras-deit convert SOURCE OUTPUT [...]       (same as `python -m keras_deit.conversion`)
     keras-deit train DATA_DIR [--model SOURCE] [--teacher SOURCE] [...] OUTPUT.keras
     keras-deit export SOURCE --format saved_model|tflite|onnx [--quantize float16|int8]
         [--with-preprocessing] [--input-size HxW] [--overwrite] OUTPUT
 
-Errors are one line on stderr and exit code 2, never a traceback.
+Errors are one line on stderr and exit code 2, never a traceback. The arguments are parsed and
+checked before Keras is imported (this module and `keras_deit/__init__` import no backend), so
+`--help` and a bad argument answer at once; TensorFlow's C++ start-up logs are hidden unless
+`--verbose` (or the user's own `TF_CPP_MIN_LOG_LEVEL`) asks for them.
 """
 
 import argparse
 import os
 import sys
 
-from keras_deit.export import ExportError, export_model, require
-from keras_deit.export.core import (
-    _check_format, _check_output, _input_spec, _split_included_preprocessing,
-)
-from keras_deit.export.verification import verification_images
-from keras_deit.inference import (
-    BUILTIN_MODELS, DEFAULT_MODEL, class_names, class_probabilities, load_classifier, read_images,
-)
+from keras_deit.backend_logs import import_backend
+from keras_deit.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
+from keras_deit.export.common import check_format, check_output, require  # no Keras
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def _parser():
+def _common_options():
+    """--backend and --verbose, which every command but convert takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ logs (hidden by default)")
+    return common
+
+
+def _parser(command=None):
+    """The argument parser; the train command's arguments are added only when `command` is
+    "train" (`fine_tuning`, which defines them, imports Keras)."""
+    common = _common_options()
     parser = argparse.ArgumentParser(
         prog="keras-deit",
         description="DeiT image classifiers for Keras 3 (TensorFlow, JAX, PyTorch).",
@@ -34,7 +45,7 @@ def _parser():
     commands.required = True
 
     predict = commands.add_parser(
-        "predict",
+        "predict", parents=[common],
         help="print the top-k labels of images",
         description="Classify images and print the top-k labels with their probabilities. "
         "The images are preprocessed as the checkpoint expects (its "
@@ -50,11 +61,9 @@ def _parser():
         "keras_deit/data/examples/*.png",
     )
     predict.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
-    predict.add_argument("--backend", choices=BACKENDS,
-                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
 
     export = commands.add_parser(
-        "export",
+        "export", parents=[common],
         help="write a SavedModel, TFLite or ONNX file, verified against the Keras model",
         description="Export a classifier as a TensorFlow SavedModel (folder), a TFLite file "
         "(builtin ops only; float32, float16 or int8 dynamic-range) or an ONNX file, then load "
@@ -62,27 +71,23 @@ def _parser():
         "atomically. See keras_deit/export/__init__.py for the design.",
     )
     add_export_arguments(export)
-    export.add_argument("--backend", choices=BACKENDS,
-                        help="Keras backend to load the model on (default: $KERAS_BACKEND, else "
-                        "tensorflow); any works")
 
     train = commands.add_parser(
-        "train",
+        "train", parents=[common],
         help="fine-tune (or train from scratch) a classifier on a folder of class folders",
         description="Train a DeiT classifier on DATA_DIR/<class>/<images> with the DeiT recipe "
         "(or a light one), optionally distilling a teacher; a checkpoint every epoch, "
         "--resume, CSV logs. See keras_deit/fine_tuning.py.",
     )
-    from keras_deit.fine_tuning import add_train_arguments
+    if command == "train":
+        from keras_deit.fine_tuning import add_train_arguments
 
-    add_train_arguments(train)
-    train.add_argument("--backend", choices=BACKENDS,
-                       help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+        add_train_arguments(train)
 
     commands.add_parser(
         "convert", add_help=False,
         help="convert a checkpoint into a .keras model, a transformers folder or a timm .pth "
-        "(python -m conversion); "
+        "(python -m keras_deit.conversion); "
         "`keras-deit convert --help` for its options",
     )
     return parser
@@ -92,32 +97,47 @@ def main(argv=None):
     """Entry point of the `keras-deit` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["convert"]:
-        # Lazy: conversion depends on keras_deit, never the reverse at import time (see
-        # ARCHITECTURE.md); only this command needs it.
-        from conversion.cli import main as convert
+        from keras_deit.conversion.cli import main as convert
 
         return convert(argv[1:], prog="keras-deit convert")
-    args = _parser().parse_args(argv)
-    if args.backend and os.environ.get("KERAS_BACKEND") != args.backend:
-        _reexec_with_backend(args.backend, argv)
+    command = argv[0] if argv else None
+    if command == "train":
+        # `fine_tuning` imports Keras: the backend and the logs are settled before it is.
+        early, _ = _common_options().parse_known_args(argv[1:])
+        _use_backend(early.backend, argv)
+        import_backend(early.verbose, with_tensorflow=True)
+    args = _parser(command).parse_args(argv)
     try:
+        _use_backend(args.backend, argv)
         if args.command == "export":
-            return export_command(args)
+            return export_command(args)  # checks its arguments before importing Keras
         if args.command == "train":
             from keras_deit.fine_tuning import train_command
 
             return train_command(args)
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be at least 1. Received: {args.top_k}")
+        import_backend(args.verbose)
         return predict(args.images, args.model, args.top_k)
     except (ValueError, OSError, ImportError) as e:
         print(f"keras-deit: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 
-def _reexec_with_backend(backend, argv):
-    """Keras fixes its backend when first imported, which `keras_deit` already did: start
-    again with KERAS_BACKEND set."""
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    os.execve(sys.executable, [sys.executable, "-m", "keras_deit.cli", *argv], env)
+def _use_backend(backend, argv):
+    """Selects `backend` before Keras is imported; Keras fixes its backend when first imported,
+    so a process that imported it already (a caller of `main`) starts again with KERAS_BACKEND
+    set."""
+    if not backend:
+        return
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = backend
+        return
+    import keras
+
+    if keras.backend.backend() != backend:
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        os.execve(sys.executable, [sys.executable, "-m", "keras_deit.cli", *argv], env)
 
 
 def _one_line(error):
@@ -128,6 +148,8 @@ def _one_line(error):
 def predict(images, source, top_k=5, out=None):
     """Classifies `images` (paths) with the model from `source`; prints the top-k labels."""
     import numpy as np
+
+    from keras_deit.inference import class_names, class_probabilities, load_classifier, read_images
 
     out = out or sys.stdout
     if top_k < 1:
@@ -189,21 +211,27 @@ def export_command(args, out=None):
     prints one line and returns 1.
     """
     out = out or sys.stdout
-    format, quantize = _check_format(args.format, args.quantize)
+    format, quantize = check_format(args.format, args.quantize)
     input_size = _parse_size(args.input_size)
-    _check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite)
     require(format)
+    import_backend(getattr(args, "verbose", False), with_tensorflow=True)
+    from keras_deit.export import ExportError, export_model
+    from keras_deit.export.core import input_spec, split_included_preprocessing
+    from keras_deit.export.verification import verification_images
+    from keras_deit.inference import load_classifier, read_images
+
     pictures = read_images(args.verify_image or [])
     model, processor = load_classifier(args.source)
     preprocessing = processor.to_keras_layer() if args.with_preprocessing else None
     # A model built with include_preprocessing exports as the pair --with-preprocessing builds,
     # so the input spec and the verification images below are those of raw images.
-    model, preprocessing = _split_included_preprocessing(model, preprocessing)
+    model, preprocessing = split_included_preprocessing(model, preprocessing)
     if input_size is not None and preprocessing is None:
         raise ValueError(f"--input-size applies with --with-preprocessing only (or to a model "
                          f"built with include_preprocessing). Received: --input-size "
                          f"{args.input_size}")
-    spec = _input_spec(model, preprocessing, input_size, format)
+    spec = input_spec(model, preprocessing, input_size, format)
     data = verification_images(spec, processor, pictures)
     try:
         result = export_model(model, args.output, format, quantize=quantize,
@@ -214,8 +242,6 @@ def export_command(args, out=None):
         return 1
     print(result.summary(), file=out)
     return 0
-
-
 
 
 if __name__ == "__main__":

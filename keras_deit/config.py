@@ -5,8 +5,8 @@ import json
 import math
 import os
 
-from keras_deit import atomic
-from keras_deit.checks import pair
+from keras_deit import atomic, presets
+from keras_deit.checks import is_int, pair
 
 # Activations a config may name, with the Keras activation each one means. "gelu" is the exact
 # (erf) form used by every DeiT release; "gelu_new" and friends are the tanh approximation.
@@ -30,10 +30,6 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 class ConfigError(ValueError):
     """A config field (or a `config.json`) with the wrong type or value; the message names the
     field, the file when there is one, and what the field must be."""
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value):
@@ -160,7 +156,7 @@ class DeiTConfig:
     def num_labels(self, num_labels):
         # transformers' semantics: a new count replaces both label maps with LABEL_i names;
         # the same count keeps the maps (and their names) as they are.
-        if not _is_int(num_labels) or num_labels < 0:
+        if not is_int(num_labels) or num_labels < 0:
             raise ConfigError(f"`num_labels` must be an int >= 0. Received: num_labels={num_labels!r}")
         if num_labels != self.num_labels:
             self.id2label, self.label2id = _labels(num_labels, None, None)
@@ -209,7 +205,7 @@ class DeiTConfig:
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "num_channels", "encoder_stride"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ConfigError(f"`{name}` must be a positive int. Received: {name}={value!r}")
         # Strings such as "false" are truthy: a flag that is not a bool is refused, not guessed.
         for name in ("qkv_bias", "use_distillation_token", "class_token_position_embedding"):
@@ -246,7 +242,7 @@ class DeiTConfig:
                     f"`{name}` must be a positive number. Received: {name}={value!r}"
                 )
         if self.pooler_output_size is not None and (
-            not _is_int(self.pooler_output_size) or self.pooler_output_size <= 0
+            not is_int(self.pooler_output_size) or self.pooler_output_size <= 0
         ):
             raise ConfigError(
                 "`pooler_output_size` must be None or a positive int. "
@@ -342,12 +338,13 @@ class DeiTConfig:
         return path
 
     @classmethod
-    def from_preset(cls, name):
-        """The config of a named official checkpoint (see `keras_deit.presets`)."""
-        # Lazy: presets builds DeiTConfigs from its table, so it imports this module.
-        from keras_deit.presets import preset_config
+    def from_preset(cls, name, source="original"):
+        """The config of a named official checkpoint (`keras_deit.presets.list_presets()`).
 
-        return preset_config(name)
+        `source`: "original" (the `.pth` releases and timm: layer-norm epsilon 1e-6) or "hub"
+        (the `facebook/deit-*` transformers configs: 1e-12); see `presets.preset_arguments`.
+        """
+        return cls(**presets.preset_arguments(name, source=source))
 
     def replace(self, **changes):
         """A copy with some fields changed (and validated)."""
@@ -388,7 +385,7 @@ def _labels(num_labels, id2label, label2id):
     else:
         if num_labels is None:
             num_labels = 2
-        if not _is_int(num_labels) or num_labels < 0:
+        if not is_int(num_labels) or num_labels < 0:
             raise ConfigError(f"`num_labels` must be an int >= 0. Received: num_labels={num_labels!r}")
         id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
     if label2id is not None and not isinstance(label2id, dict):
@@ -423,7 +420,7 @@ def _int_keyed(mapping, name):
 
 def _int_valued(mapping):
     for key, value in mapping.items():
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise ConfigError("`label2id` must map label names to class ids (ints >= 0). "
                               f"Received: {key!r}: {value!r}")
     return mapping

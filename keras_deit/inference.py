@@ -7,18 +7,11 @@ import os
 import keras
 import numpy as np
 
+from keras_deit.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL  # noqa: F401  (public here too)
 from keras_deit.image_processing import load_image
 from keras_deit.model_preprocessing import processor_for
 from keras_deit.models import DeiTPreTrainedModel
 from keras_deit.saving import load_model
-
-# Models shipped inside the package (name -> .keras file, beside its preprocessor_config.json),
-# so that `keras-deit predict` works offline. deit-digits: a distilled DeiT trained on
-# scikit-learn's 8x8 digits (benchmarks/distillation_experiment.py).
-BUILTIN_MODELS = {
-    "deit-digits": os.path.join(os.path.dirname(__file__), "data", "deit_digits", "model.keras"),
-}
-DEFAULT_MODEL = "deit-digits"
 
 
 def read_images(paths):

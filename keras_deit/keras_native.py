@@ -10,6 +10,8 @@ import re
 import keras
 import numpy as np
 
+from keras_deit.keras_internals import flatten_layers
+
 QUANTIZATION_MODES = ("int8", "int4", "float8")
 # Modes Keras has that need calibration data and a block structure: not offered by `quantize`.
 CALIBRATED_MODES = ("gptq", "awq")
@@ -23,7 +25,7 @@ DEFAULT_LORA_TARGETS = ("qkv",)
 
 def projections(model):
     """The model's `keras.layers.Dense` layers (encoder projections and heads), in order."""
-    return [layer for layer in model._flatten_layers(include_self=False)
+    return [layer for layer in flatten_layers(model)
             if isinstance(layer, keras.layers.Dense)]
 
 
@@ -73,7 +75,7 @@ def dtype_config(model):
     if isinstance(base, keras.dtype_policies.DTypePolicyMap):
         base = base.default_policy
     policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=base)
-    for layer in model._flatten_layers(include_self=False):
+    for layer in flatten_layers(model):
         if layer.quantization_mode is not None:
             policy = layer.dtype_policy
             if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
@@ -157,9 +159,9 @@ def enable_lora(model, rank, target_names=None, train_heads=True):
                 f"({'it already has adapters' if layer.lora_enabled else 'GPTQ-quantized'}). "
                 f"Received: rank={rank}"
             )
-    heads = [layer for layer in model._flatten_layers(include_self=False)
+    heads = [layer for layer in flatten_layers(model)
              if layer.name in HEAD_NAMES]
-    for layer in model._flatten_layers(include_self=False):
+    for layer in flatten_layers(model):
         layer.trainable = False
     for layer in chosen:
         layer.trainable = True
@@ -177,8 +179,8 @@ def merge_lora(model):
     """A copy of `model` with every LoRA adapter folded into its kernel: plain Dense layers,
     the same outputs, ready for export or conversion."""
     merged = model.__class__.from_config(model.get_config())
-    source = list(model._flatten_layers(include_self=False))
-    target = list(merged._flatten_layers(include_self=False))
+    source = flatten_layers(model)
+    target = flatten_layers(merged)
     for src, dst in zip(source, target, strict=True):
         # Dense.save_own_variables writes kernel + (alpha / rank) * A @ B; quantized layers
         # merge into their own scales.

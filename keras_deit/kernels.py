@@ -11,15 +11,14 @@ import contextlib
 import keras
 from keras import ops
 
+from keras_deit.keras_internals import (
+    call_built, dense_kernel, scope_may_change_values, stored_value,
+)
+
 _TORCH = keras.backend.backend() == "torch"
 if _TORCH:
     # Imported once here, not in each fast path: an import statement costs ~0.5 us per call.
     import torch
-
-    # Private: Keras exports no way to ask whether a scope is open. `_torch_read` needs it to
-    # know when a variable's stored tensor is what `Variable.value` would return.
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-    from keras.src.backend.common.variables import get_autocast_scope
 
 
 def dense(layer, inputs):
@@ -34,11 +33,11 @@ def dense(layer, inputs):
     if layer.quantization_mode is not None:
         return layer(inputs)
     if layer.lora_enabled or layer.activation not in (None, keras.activations.linear):
-        return layer.call(inputs)
-    # `_kernel` is what Dense's `kernel` property returns without LoRA and quantization, read
-    # without the property's ~4 us of quantization-mode checks.
+        return call_built(layer, inputs)
+    # The stored kernel: what Dense's `kernel` property returns without LoRA and quantization,
+    # read without the property's ~4 us of quantization-mode checks.
     bias = None if layer.bias is None else read(layer.bias, inputs)
-    return linear(inputs, read(layer._kernel, inputs), bias)
+    return linear(inputs, read(dense_kernel(layer), inputs), bias)
 
 
 def read_reference(variable, like):
@@ -52,13 +51,8 @@ def _torch_read(variable, like):
     checks the stateless scope, the autocast scope and the meta device on every read, ~2 us;
     a block reads 12 variables. `like`, the tensor the value is combined with, is on the meta
     device while Keras traces shapes, when `.value` returns a meta stand-in."""
-    value = variable._value
-    if (
-        value is None
-        or like.device.type == "meta"
-        or in_stateless_scope()
-        or get_autocast_scope() is not None
-    ):
+    value = stored_value(variable)
+    if value is None or like.device.type == "meta" or scope_may_change_values():
         return variable.value
     return value
 
@@ -188,7 +182,7 @@ def layer_norm(layer, inputs):
     (RMS scaling, no centre or scale, other axes) runs its own `call`.
     """
     if layer.rms_scaling or not (layer.center and layer.scale) or list(layer.axis) != [-1]:
-        return layer.call(inputs)
+        return call_built(layer, inputs)
     outputs = layer_norm_function(
         inputs, read(layer.gamma, inputs), read(layer.beta, inputs), layer.epsilon
     )

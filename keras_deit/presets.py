@@ -3,7 +3,7 @@
 Each entry of `PRESETS` describes one released checkpoint: its architecture, where its weights
 live (the original `.pth` under dl.fbaipublicfiles.com, the transformers repository, the timm
 hub repository), the accuracy its authors report, and the preprocessing it was evaluated with.
-Nothing here downloads anything; `from_pretrained(name)` does (see `conversion.sources`).
+Nothing here downloads anything; `from_pretrained(name)` does (see `keras_deit.conversion.sources`).
 
 Sources of the numbers:
 - DeiT (v1): architectures, file names and top-1 from facebookresearch/deit `README_deit.md`
@@ -14,13 +14,12 @@ Sources of the numbers:
 
 Layer-norm epsilon depends on where the weights come from: the original `.pth` files (and timm)
 were trained with 1e-6, while the `facebook/deit-*` transformers configs say 1e-12 (the
-transformers default). `preset_config(name)` gives the original value; pass `source="hub"` for
+transformers default). `DeiTConfig.from_preset(name)` gives the original value; pass `source="hub"` for
 the one the transformers repository's `config.json` carries.
 """
 
 import difflib
 
-from keras_deit.config import DeiTConfig
 from keras_deit.preprocessing_spec import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 ORIGINAL_BASE_URL = "https://dl.fbaipublicfiles.com/deit/"
@@ -202,8 +201,9 @@ def is_preset(name):
     return isinstance(name, str) and name in PRESETS
 
 
-def preset_config(name, source="original"):
-    """The `DeiTConfig` of preset `name`.
+def preset_arguments(name, source="original"):
+    """The `DeiTConfig` arguments of preset `name` (a dict); `DeiTConfig.from_preset` builds
+    the config from them (config.py imports this table, never the reverse).
 
     Args:
         name: a preset name (`list_presets()`).
@@ -215,7 +215,7 @@ def preset_config(name, source="original"):
         raise ValueError(f"`source` must be one of {SOURCES}. Received: source={source!r}")
     p = get_preset(name)
     eps = LAYER_NORM_EPS["original"] if p["family"] == "deit3" else LAYER_NORM_EPS[source]
-    return DeiTConfig(
+    return dict(
         hidden_size=p["hidden_size"],
         num_hidden_layers=p["num_hidden_layers"],
         num_attention_heads=p["num_attention_heads"],

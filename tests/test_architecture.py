@@ -1,37 +1,41 @@
-"""The module graph of keras_deit and conversion (ARCHITECTURE.md): no import circle but the
-documented lazy imports, and keras_deit reaches conversion only through them.
+"""The module graph of keras_deit (ARCHITECTURE.md): no import circle, no module over 700
+lines, and every use of a Keras internal in `keras_deit/keras_internals.py`.
 
 Read from the source with `ast` (every import, at module level or inside a function), so it
-costs no framework import.
+costs no framework import. The repository's `conversion/` folder is the package
+`keras_deit.conversion` (pyproject.toml's package-dir mapping); `keras_deit/conversion/` holds
+only its stand-in for source checkouts.
 """
 
 import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("keras_deit", "conversion")
+# Folder -> the package it is installed as.
+PACKAGES = {"keras_deit": "keras_deit", "conversion": "keras_deit.conversion"}
+STAND_IN = os.path.join(ROOT, "keras_deit", "conversion")
 
-# (importer, imported): the imports that would close a circle, each done inside a function, on
-# first use, with a comment saying why.
-LAZY = {
-    ("keras_deit.models.base", "conversion"),  # from_pretrained: conversion builds the models
-    ("keras_deit.models.base", "conversion.writers"),  # save_pretrained: the same reason
-    ("keras_deit.cli", "conversion.cli"),  # `keras-deit convert`
-    ("keras_deit.config", "keras_deit.presets"),  # DeiTConfig.from_preset: presets build configs
-    ("keras_deit.bridges", "conversion.keras_hub_bridge"),  # kd.to_keras_hub / from_keras_hub
-}
+# (importer, imported): imports that would close a circle, each done inside a function with a
+# comment saying why. None today: the models import conversion's loaders and writers, which
+# import no model, and the config imports the presets' table, which imports no config.
+LAZY = set()
+
+MAX_LINES = 700
 
 
 def _modules():
-    """{module name: path} of every module of the two packages."""
+    """{module name: path} of every module of the package."""
     found = {}
-    for package in PACKAGES:
-        for folder, _, names in os.walk(os.path.join(ROOT, package)):
+    for folder_name, package in PACKAGES.items():
+        top = os.path.join(ROOT, folder_name)
+        for folder, _, names in os.walk(top):
+            if folder.startswith(STAND_IN):
+                continue
             for name in names:
                 if not name.endswith(".py"):
                     continue
                 path = os.path.join(folder, name)
-                parts = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+                parts = [package, *os.path.relpath(path, top)[:-3].split(os.sep)]
                 if parts[-1] == "__init__":
                     parts = parts[:-1]
                 found[".".join(parts)] = path
@@ -65,14 +69,12 @@ def _graph():
     return {name: _imports(path, modules) for name, path in modules.items()}
 
 
-def test_the_lazy_imports_are_inside_functions_and_keras_deit_reaches_conversion_only_so():
+def test_the_lazy_imports_are_inside_functions():
     graph = _graph()
     for importer, imports in graph.items():
         for imported, lazy in imports:
             if (importer, imported) in LAZY:
                 assert lazy, f"{importer} imports {imported} at module level"
-            elif importer.startswith("keras_deit"):
-                assert not imported.startswith("conversion"), (importer, imported)
     present = {(a, b) for a, imports in graph.items() for b, _ in imports}
     assert LAZY <= present, f"documented lazy imports that are gone: {LAZY - present}"
 
@@ -96,3 +98,45 @@ def test_the_module_graph_has_no_circle():
     for node in sorted(graph):
         visit(node)
     assert len(done) == len(graph)
+
+
+def test_no_module_is_over_700_lines():
+    lengths = {name: sum(1 for _ in open(path, encoding="utf-8")) for name, path in _modules().items()}
+    assert len(lengths) > 50
+    assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
+
+
+# Keras' private attributes keras-deit reads, and the one module allowed to.
+KERAS_PRIVATE_ATTRIBUTES = {"_flatten_layers", "_kernel", "_value", "_layers", "_tracker"}
+INTERNALS = "keras_deit.keras_internals"
+
+
+def _keras_internal_uses(path):
+    """[(line, what)] of the Keras internals used in the file at `path`: `keras.src` imports,
+    Keras' private attributes, `.call(...)` on another layer, `__dict__` patches."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras.src"):
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("keras.src")]
+        elif isinstance(node, ast.Attribute) and node.attr in KERAS_PRIVATE_ATTRIBUTES:
+            owner = node.value
+            if not (isinstance(owner, ast.Name) and owner.id == "self"):
+                found.append((node.lineno, node.attr))
+        elif isinstance(node, ast.Attribute) and node.attr == "__dict__":
+            found.append((node.lineno, "__dict__"))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "call"):
+            owner = node.func.value
+            if not (isinstance(owner, ast.Call) and getattr(owner.func, "id", "") == "super"):
+                found.append((node.lineno, ".call()"))
+    return found
+
+
+def test_every_keras_internal_is_used_in_keras_internals_only():
+    outside = {name: uses for name, path in _modules().items() if name != INTERNALS
+               for uses in [_keras_internal_uses(path)] if uses}
+    assert outside == {}
+    assert _keras_internal_uses(_modules()[INTERNALS])  # the check sees them there

@@ -118,3 +118,58 @@ def test_backend_flag_switches_backend(photo):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0] == photo
+
+
+def test_parsing_and_argument_errors_import_no_backend(tmp_path):
+    """--help and bad arguments answer before Keras (or TensorFlow) is imported."""
+    code = """
+import sys
+from keras_deit.cli import main
+import keras_deit as kd
+codes = []
+for argv in (["--help"], ["predict", "--help"], ["export", "--help"], ["convert", "--help"],
+             ["export", "m", "OUT/x.onnx", "--format", "bad"],
+             ["export", "m", "OUT/x.tflite", "--format", "onnx", "--quantize", "int8"],
+             ["predict", "x.png", "--top-k", "0"], ["convert", "x.pth"], ["nonsense"]):
+    try:
+        codes.append(main([a.replace("OUT", sys.argv[1]) for a in argv]))
+    except SystemExit as e:
+        codes.append(e.code)
+print(codes, sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0, 2, 2, 2, 2, 2] []"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("keras-deit")]
+    assert "unsupported export format 'bad'" in errors[0]
+    assert "quantization applies to TFLite files only" in errors[1]
+    assert "--top-k must be at least 1. Received: 0" in errors[2]
+
+
+def test_no_tensorflow_log_line_on_stderr(photo):
+    """TensorFlow's C++ start-up logs (incl. `E0000 ... failed call to cuInit` on a CPU
+    machine) are hidden; the command's own output is not."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_deit.cli", "predict", photo, "--top-k", "1",
+         "--backend", keras.backend.backend()],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0] == photo
+    assert result.stderr == ""
+
+
+def test_tensorflow_log_lines_are_recognized():
+    from keras_deit.backend_logs import is_tf_log_line
+
+    logs = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796530822.611742    9384 port.cc:153] oneDNN custom operations are on.",
+        "E0000 00:00:1796530831.003586    9384 cuda_platform.cc:52] failed call to cuInit: x",
+        "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild",
+    ]
+    assert all(is_tf_log_line(line) for line in logs)
+    assert not any(is_tf_log_line(line) for line in (
+        "keras-deit: error: no such image: x.png", "Traceback (most recent call last):",
+        "warning: guessed 3 heads", "I0000 is not a log line without its time"))

@@ -1,4 +1,4 @@
-"""`python -m conversion`: output files, summary, errors, atomic writes and `--verify`."""
+"""`python -m keras_deit.conversion`: output files, summary, errors, atomic writes and `--verify`."""
 
 import io
 import os
@@ -11,8 +11,8 @@ import pytest
 
 import keras_deit as kd
 from helpers import HF, TIMM, max_abs_diff
-from conversion.cli import main
-from conversion.progress import Progress
+from keras_deit.conversion.cli import main
+from keras_deit.conversion.progress import Progress
 
 TOLERANCE = 1e-5
 DISTILLED = os.path.join(TIMM, "deit_micro_distilled_patch16_64.pth")
@@ -60,8 +60,8 @@ def test_weights_file_and_model_class(tmp_path, capsys):
     assert main([DISTILLED, str(output), "--num-heads", "3", "--quiet",
                  "--model-class", "DeiTForImageClassification"]) == 0
     assert capsys.readouterr().out == ""
-    from conversion.readers import read_torch
-    from conversion.timm import config_from_timm_state
+    from keras_deit.conversion.readers import read_torch
+    from keras_deit.conversion.timm import config_from_timm_state
 
     config = config_from_timm_state(read_torch(DISTILLED), num_attention_heads=3)
     model = kd.DeiTForImageClassification(config)
@@ -208,17 +208,17 @@ def test_progress_bar():
 
 
 def test_python_dash_m(tmp_path):
-    """One real run of `python -m conversion`, in a fresh process."""
+    """One real run of `python -m keras_deit.conversion`, in a fresh process."""
     output = tmp_path / "model.weights.h5"
     result = subprocess.run(
-        [sys.executable, "-m", "conversion", WITH_TEACHER, str(output)],
+        [sys.executable, "-m", "keras_deit.conversion", WITH_TEACHER, str(output)],
         capture_output=True, text=True, timeout=300,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert result.returncode == 0, result.stderr
     assert "distillation token: yes" in result.stdout and output.exists()
     result = subprocess.run(
-        [sys.executable, "-m", "conversion", "nowhere.pth", str(tmp_path / "other.weights.h5")],
+        [sys.executable, "-m", "keras_deit.conversion", "nowhere.pth", str(tmp_path / "other.weights.h5")],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr

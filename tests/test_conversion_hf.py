@@ -9,8 +9,8 @@ import pytest
 
 import keras_deit as kd
 from helpers import HF, max_abs_diff, to_numpy
-from conversion import CheckpointError, read_checkpoint
-from conversion.readers import read_safetensors, read_tf_h5
+from keras_deit.conversion import CheckpointError, read_checkpoint
+from keras_deit.conversion.readers import read_safetensors, read_tf_h5
 
 WITH_TEACHER = os.path.join(HF, "with_teacher")
 CLASSIFICATION = os.path.join(HF, "classification")
@@ -86,7 +86,7 @@ def test_checkpoint_of_another_size_is_refused_with_names():
     with pytest.raises(CheckpointError, match="num_hidden_layers: config 3, checkpoint 2"):
         kd.DeiTForImageClassificationWithTeacher.from_pretrained(WITH_TEACHER, config=deeper)
     # The same checks after building, for tensors handed over directly.
-    from conversion import assign_checkpoint
+    from keras_deit.conversion import assign_checkpoint
 
     with pytest.raises(CheckpointError, match="no tensor in the checkpoint: encoder/layer_2/"):
         assign_checkpoint(kd.DeiTForImageClassificationWithTeacher(deeper),
@@ -156,7 +156,7 @@ def test_corrupt_and_unknown_files(tmp_path):
 
 def test_failed_load_leaves_nothing_half_written():
     """Checks run before any assignment: a failing load never touches a model's variables."""
-    from conversion import assign_checkpoint
+    from keras_deit.conversion import assign_checkpoint
 
     model = kd.DeiTForImageClassificationWithTeacher(kd.DeiTConfig.from_json(WITH_TEACHER))
     before = [to_numpy(v).copy() for v in model.weights]

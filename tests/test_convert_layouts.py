@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_deit as kd
-from conversion.cli import main
+from keras_deit.conversion.cli import main
 from keras_deit.cli import main as keras_deit_main
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -59,7 +59,7 @@ def test_transformers_folder_with_verify(tmp_path, capsys):
 @pytest.mark.parametrize("source", [DISTILLED, DEIT3])
 def test_timm_pth_from_the_suffix(source, tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from conversion import timm
+    from keras_deit.conversion import timm
 
     output = tmp_path / "out.pth"
     assert main([source, str(output), "--num-heads", "3"]) == 0

@@ -116,7 +116,7 @@ def test_full_size_deit_base_matches_transformers(tmp_path):
     through `save_pretrained` + `from_pretrained`, once from the in-memory v5 state dict."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from conversion import assign_checkpoint
+    from keras_deit.conversion import assign_checkpoint
 
     torch.manual_seed(0)
     reference = transformers.DeiTForImageClassificationWithTeacher(

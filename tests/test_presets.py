@@ -80,8 +80,8 @@ def test_published_figures():
 @pytest.mark.parametrize("name", DEIT + DEIT3)
 def test_preset_config(name):
     p = presets.get_preset(name)
-    config = presets.preset_config(name)
-    assert config == kd.DeiTConfig.from_preset(name)
+    config = kd.DeiTConfig.from_preset(name)
+    assert config == kd.DeiTConfig(**presets.preset_arguments(name))
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (
         p["hidden_size"], p["num_hidden_layers"], p["num_attention_heads"])
     assert config.intermediate_size == 4 * config.hidden_size
@@ -91,13 +91,13 @@ def test_preset_config(name):
     assert config.class_token_position_embedding == (p["family"] == "deit")
     assert (config.layer_scale_init_value is not None) == (p["family"] == "deit3")
     assert config.layer_norm_eps == 1e-6
-    hub = presets.preset_config(name, source="hub")
+    hub = kd.DeiTConfig.from_preset(name, source="hub")
     assert hub.layer_norm_eps == (1e-12 if p["family"] == "deit" else 1e-6)
     assert presets.presets_matching(config) == [name]
 
 
 def test_huge_has_80_wide_heads():
-    config = presets.preset_config("deit3_huge_patch14_224")
+    config = kd.DeiTConfig.from_preset("deit3_huge_patch14_224")
     assert config.head_dim == 80
     assert presets.heads_for(1280, 32) == 16
     assert presets.heads_for(48, 2) is None
@@ -105,7 +105,7 @@ def test_huge_has_80_wide_heads():
 
 def test_model_has_the_published_parameter_count():
     name = "deit_tiny_distilled_patch16_224"
-    model = kd.DeiTForImageClassificationWithTeacher(presets.preset_config(name))
+    model = kd.DeiTForImageClassificationWithTeacher(kd.DeiTConfig.from_preset(name))
     assert model.count_params() == _param_count(presets.get_preset(name))
     assert round(model.count_params() / 1e6, 1) == 5.9
 
@@ -117,7 +117,7 @@ def test_unknown_name_suggests_close_matches():
     with pytest.raises(ValueError, match="Unknown preset"):
         kd.DeiTConfig.from_preset("resnet50")
     with pytest.raises(ValueError, match="source"):
-        presets.preset_config("deit_tiny_patch16_224", source="timm")
+        kd.DeiTConfig.from_preset("deit_tiny_patch16_224", source="timm")
 
 
 def test_get_preset_returns_a_copy():

@@ -22,8 +22,8 @@ import pytest
 
 import keras_deit as kd
 from helpers import HF, TIMM, max_abs_diff
-from conversion import sources
-from conversion.readers import CheckpointError
+from keras_deit.conversion import sources
+from keras_deit.conversion.readers import CheckpointError
 from keras_deit import presets
 
 TOLERANCE = 1e-5
@@ -208,7 +208,7 @@ def test_timm_hub_folder(tmp_path, monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     from safetensors.numpy import save_file
 
-    from conversion.readers import read_torch
+    from keras_deit.conversion.readers import read_torch
 
     name = "deit3_micro_patch16_64"
     folder = tmp_path / "timm_repo"

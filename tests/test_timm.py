@@ -13,9 +13,9 @@ import pytest
 
 import keras_deit as kd
 from helpers import TIMM, max_abs_diff
-from conversion import timm
-from conversion.loading import assign_checkpoint
-from conversion.readers import CheckpointError
+from keras_deit.conversion import timm
+from keras_deit.conversion.loading import assign_checkpoint
+from keras_deit.conversion.readers import CheckpointError
 
 TOLERANCE = 1e-5
 
@@ -36,7 +36,7 @@ def _reference(name):
 def states():
     """The fixture state dicts, read once (needs torch)."""
     pytest.importorskip("torch")
-    from conversion.readers import read_torch
+    from keras_deit.conversion.readers import read_torch
 
     return {name: read_torch(_path(name)) for name in NAMES}
 
@@ -206,7 +206,7 @@ def test_to_transformers_splits_qkv(states):
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_reference_reproduces_timm(name, states):
     """The torch functional reference of `--verify` (for DeiT III) against timm's outputs."""
-    from conversion.verify import timm_reference
+    from keras_deit.conversion.verify import timm_reference
 
     import torch
 

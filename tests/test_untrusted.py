@@ -16,7 +16,7 @@ import pytest
 
 import keras_deit as kd
 from helpers import HF, TIMM
-from conversion.readers import (
+from keras_deit.conversion.readers import (
     CheckpointError, CorruptCheckpointError, read_checkpoint, read_safetensors,
     read_safetensors_header,
 )
@@ -339,7 +339,7 @@ def test_a_guessed_head_count_is_warned_and_kept_in_loading_info():
 
 def test_convert_prints_the_guess(tmp_path, capsys):
     pytest.importorskip("torch")
-    from conversion.cli import main
+    from keras_deit.conversion.cli import main
 
     path = os.path.join(TIMM, "deit_micro_distilled_patch8_48.pth")
     assert main([path, str(tmp_path / "m.weights.h5"), "--quiet"]) == 0

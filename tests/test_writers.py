@@ -7,14 +7,15 @@ shapes, dtypes and bytes), by the reference library reading it (transformers' ow
 
 import json
 import os
+import warnings
 
 import keras
 import numpy as np
 import pytest
 
 import keras_deit as kd
-from conversion import timm, writers
-from conversion.readers import CheckpointError
+from keras_deit.conversion import timm, writers
+from keras_deit.conversion.readers import CheckpointError
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 HF_FOLDERS = ("model", "classification", "with_teacher", "masked_image_modeling",
@@ -246,7 +247,7 @@ def test_timm_layout_refuses_what_it_cannot_hold(tmp_path):
 
 def test_bfloat16_model_round_trip(tmp_path):
     """A bfloat16 model is written as BF16 (half the bytes) and read back exactly."""
-    from conversion.readers import read_safetensors_header
+    from keras_deit.conversion.readers import read_safetensors_header
 
     model = kd.DeiTForImageClassification(_tiny(), dtype="bfloat16")
     folder = str(tmp_path / "out")
@@ -259,3 +260,20 @@ def test_bfloat16_model_round_trip(tmp_path):
         np.testing.assert_array_equal(
             np.asarray(keras.ops.convert_to_numpy(ours.value), "float32"),
             np.asarray(keras.ops.convert_to_numpy(theirs.value), "float32"), err_msg=ours.path)
+
+
+def test_timm_layout_warns_about_another_layer_norm_epsilon(tmp_path):
+    """A .pth holds no config and timm builds LayerNorm(eps=1e-6): a model normalized with
+    another epsilon (every transformers DeiT config: 1e-12) is written with one clear line."""
+    pytest.importorskip("torch")
+    hub = kd.DeiTModel(_tiny(num_labels=0, layer_norm_eps=1e-12), add_pooling_layer=False)
+    with pytest.warns(UserWarning, match=r"layer_norm_eps is 1e-12.*LayerNorm\(eps=1e-06\)") as info:
+        hub.save_pretrained(str(tmp_path / "hub.pth"), layout="timm")
+    (ours,) = [w for w in info if "layer_norm_eps" in str(w.message)]  # torch adds its own
+    assert "\n" not in str(ours.message)
+    timm_eps = kd.DeiTModel(_tiny(num_labels=0, layer_norm_eps=1e-6), add_pooling_layer=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        timm_eps.save_pretrained(str(tmp_path / "timm.pth"), layout="timm")
+    assert [w for w in caught if "layer_norm_eps" in str(w.message)] == []
+    assert sorted(os.listdir(tmp_path)) == ["hub.pth", "timm.pth"]

@@ -67,17 +67,35 @@ process), `verification` (inputs, reference outputs, comparison). The `keras-dei
 command lives in `keras_deit/cli.py`.
 """
 
-from keras_deit.export.artifacts import _build_artifact, describe_artifact, run_artifact
-from keras_deit.export.common import (
-    FORMATS, QUANTIZATIONS, TOLERANCES, ExportError, MissingDependencyError, require,
-)
-from keras_deit.export.core import ExportResult, export_model, export_models
-from keras_deit.export.onnx import run_onnx
-from keras_deit.export.saved_model import run_saved_model
-from keras_deit.export.tflite import _tflite_schema, _write_tflite, evaluate_accuracy, run_tflite
-from keras_deit.export.tflite import tflite_op_names
-from keras_deit.export.verification import Verification, sample_photos
-from keras_deit.export.worker import _build_in_child, _exit_with_parent
+import importlib
+
+# Name -> the module that defines it: loaded on first use, so that importing a keras-free
+# part (the `keras-deit export` argument checks in `common`) imports no Keras backend.
+_EXPORTS = {
+    "_build_artifact": "keras_deit.export.artifacts",
+    "describe_artifact": "keras_deit.export.artifacts",
+    "run_artifact": "keras_deit.export.artifacts",
+    "FORMATS": "keras_deit.export.common",
+    "QUANTIZATIONS": "keras_deit.export.common",
+    "TOLERANCES": "keras_deit.export.common",
+    "ExportError": "keras_deit.export.common",
+    "MissingDependencyError": "keras_deit.export.common",
+    "require": "keras_deit.export.common",
+    "ExportResult": "keras_deit.export.core",
+    "export_model": "keras_deit.export.core",
+    "export_models": "keras_deit.export.core",
+    "run_onnx": "keras_deit.export.onnx",
+    "run_saved_model": "keras_deit.export.saved_model",
+    "_tflite_schema": "keras_deit.export.tflite",
+    "_write_tflite": "keras_deit.export.tflite",
+    "evaluate_accuracy": "keras_deit.export.tflite",
+    "run_tflite": "keras_deit.export.tflite",
+    "tflite_op_names": "keras_deit.export.tflite",
+    "Verification": "keras_deit.export.verification",
+    "sample_photos": "keras_deit.export.verification",
+    "_build_in_child": "keras_deit.export.worker",
+    "_exit_with_parent": "keras_deit.export.worker",
+}
 
 __all__ = [
     "FORMATS", "QUANTIZATIONS", "TOLERANCES", "ExportError", "MissingDependencyError",
@@ -86,3 +104,8 @@ __all__ = [
     "evaluate_accuracy", "sample_photos",
 ]
 
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -25,6 +25,33 @@ _DEPENDENCIES = {
 _SIGNATURE = "serving_default"
 
 
+def check_format(format, quantize):
+    """(format, quantize), checked: a format of FORMATS, a quantization of QUANTIZATIONS for
+    TFLite only. Raises a one-line ValueError naming the fix."""
+    if format not in FORMATS:
+        raise ValueError(f"unsupported export format {format!r}: use one of {', '.join(FORMATS)}. "
+                         f"Received: format={format!r}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"unsupported quantization {quantize!r}: use one of "
+                         f"{', '.join(QUANTIZATIONS)}, or none. Received: quantize={quantize!r}")
+    if quantize is not None and format != "tflite":
+        raise ValueError(f"quantization applies to TFLite files only: drop --quantize, or use "
+                         f"--format tflite. Received: format={format!r}, quantize={quantize!r}")
+    return format, quantize
+
+
+def check_output(output, overwrite):
+    """Raises, before any work, for an output whose folder is missing or that exists (unless
+    `overwrite`)."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder of the output does not exist: create {folder} "
+                                f"first. Received: output={output!r}")
+    if os.path.lexists(output) and not overwrite:
+        raise FileExistsError(f"{output} already exists: pass overwrite=True (--overwrite) to "
+                              f"replace it, or choose another path. Received: output={output!r}")
+
+
 class MissingDependencyError(ImportError):
     """An optional package needed for the requested format is not installed."""
 

@@ -10,11 +10,12 @@ import os
 import numpy as np
 
 from keras_deit import atomic, model_preprocessing
+from keras_deit.keras_internals import flatten_layers
 from keras_deit.preprocessing_spec import _resize_output_size
 from keras_deit.export.artifacts import _build_artifact, describe_artifact, run_artifact
 from keras_deit.export.common import (
-    _BUILDER_BACKEND, FORMATS, QUANTIZATIONS, TOLERANCES, ExportError, _disk_full_message,
-    _is_disk_full, require,
+    _BUILDER_BACKEND, TOLERANCES, ExportError, _disk_full_message,
+    _is_disk_full, check_format, check_output, require,
 )
 from keras_deit.export.tflite import _check_builtin_only, tflite_op_names
 from keras_deit.export.worker import _build_in_child
@@ -137,16 +138,16 @@ def export_models(model, requests, *, preprocessing=None, input_size=None, overw
     import keras
 
     preprocessing = _as_preprocessing_layer(preprocessing)
-    model, preprocessing = _split_included_preprocessing(model, preprocessing)
+    model, preprocessing = split_included_preprocessing(model, preprocessing)
     backend = keras.backend.backend()
     jobs = []
     for output, format, quantize in requests:
-        format, quantize = _check_format(format, quantize)
+        format, quantize = check_format(format, quantize)
         _check_keras_quantization(model, format, quantize)
         output = os.fspath(output)
-        _check_output(output, overwrite)
+        check_output(output, overwrite)
         require(format)
-        spec = _input_spec(model, preprocessing, input_size, format)
+        spec = input_spec(model, preprocessing, input_size, format)
         jobs.append({"output": output, "format": format, "quantize": quantize, "spec": spec})
     outputs = [os.path.abspath(job["output"]) for job in jobs]
     if len(set(outputs)) != len(outputs):
@@ -243,19 +244,6 @@ def _inspect(job, reference, backend):
     return result
 
 
-def _check_format(format, quantize):
-    if format not in FORMATS:
-        raise ValueError(f"unsupported export format {format!r}: use one of {', '.join(FORMATS)}. "
-                         f"Received: format={format!r}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ValueError(f"unsupported quantization {quantize!r}: use one of "
-                         f"{', '.join(QUANTIZATIONS)}, or none. Received: quantize={quantize!r}")
-    if quantize is not None and format != "tflite":
-        raise ValueError(f"quantization applies to TFLite files only: drop --quantize, or use "
-                         f"--format tflite. Received: format={format!r}, quantize={quantize!r}")
-    return format, quantize
-
-
 # Formats that carry a model quantized by Keras (`model.quantize(mode)`), as measured by
 # benchmarks/quantization.py: the TFLite converter rejects int8 activations feeding
 # fully-connected ops and has no float8 type; torch's ONNX export of Keras' int8 / float8
@@ -266,7 +254,7 @@ _KERAS_QUANTIZED_FORMATS = {"int8": ("saved_model",), "float8": ("saved_model",)
 
 def _check_keras_quantization(model, format, quantize):
     """Refuses, before any work, a format that cannot hold this Keras-quantized model."""
-    modes = sorted({layer.quantization_mode for layer in model._flatten_layers()
+    modes = sorted({layer.quantization_mode for layer in flatten_layers(model, include_self=True)
                     if layer.quantization_mode is not None})
     if not modes:
         return
@@ -280,17 +268,7 @@ def _check_keras_quantization(model, format, quantize):
         )
 
 
-def _check_output(output, overwrite):
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"the folder of the output does not exist: create {folder} "
-                                f"first. Received: output={output!r}")
-    if os.path.lexists(output) and not overwrite:
-        raise FileExistsError(f"{output} already exists: pass overwrite=True (--overwrite) to "
-                              f"replace it, or choose another path. Received: output={output!r}")
-
-
-def _split_included_preprocessing(model, preprocessing):
+def split_included_preprocessing(model, preprocessing):
     """A model built with `include_preprocessing` is exported as (the same model without it,
     its `DeiTPreprocessing` layer), the pair the `preprocessing=` path builds and verifies;
     other models come back with `preprocessing` as given."""
@@ -317,7 +295,7 @@ def _as_preprocessing_layer(preprocessing):
                      f"None. Received: preprocessing of type {type(preprocessing).__name__}")
 
 
-def _input_spec(model, preprocessing, input_size, format):
+def input_spec(model, preprocessing, input_size, format):
     """The artifact's input as {"name", "shape", "dtype"}, batch axis None; checks the model."""
     inputs = model.inputs
     if len(inputs) != 1:

@@ -77,6 +77,8 @@ def _worker(request_path, response_path):
     """The child: rebuilds the model from the request and writes the artifact."""
     import keras
 
+    import keras_deit.models  # noqa: F401  registers the classes the saved model names
+
     _exit_with_parent()
     try:
         with open(request_path, encoding="utf-8") as f:

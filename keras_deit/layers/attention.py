@@ -1,6 +1,7 @@
 """Multi-head self-attention with fused q/k/v."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_deit import kernels
@@ -84,13 +85,7 @@ class DeiTAttention(keras.layers.Layer):
                 "`hidden_size` must be divisible by `num_heads`. "
                 f"Received: hidden_size={hidden_size}, num_heads={num_heads}"
             )
-        if head_mask is not None:
-            head_mask = [float(v) for v in head_mask]
-            if len(head_mask) != num_heads:
-                raise ValueError(
-                    f"`head_mask` needs one value per head ({num_heads}). "
-                    f"Received: head_mask={head_mask}"
-                )
+        head_mask = head_mask_values(head_mask, num_heads)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.qkv_bias = qkv_bias
@@ -196,3 +191,24 @@ class DeiTAttention(keras.layers.Layer):
             attn_implementation=self.attn_implementation,
         )
         return config
+
+
+def head_mask_values(head_mask, num_heads, num_layers=None):
+    """A head mask as plain floats (1 keeps a head, 0 silences it), checked; None stays None.
+
+    One layer (`num_layers=None`): `num_heads` values -> a list of `num_heads` floats. An
+    encoder of `num_layers` blocks: (num_heads,) values, shared by every block, or
+    (num_layers, num_heads) -> a (num_layers, num_heads) list of lists.
+    """
+    if head_mask is None:
+        return None
+    mask = np.asarray(head_mask, dtype="float64")
+    shapes = [(num_heads,)] if num_layers is None else [(num_heads,), (num_layers, num_heads)]
+    if mask.shape not in shapes:
+        raise ValueError(
+            f"`head_mask` must have shape {' or '.join(map(str, shapes))}: one value per head. "
+            f"Received: head_mask of shape {mask.shape}"
+        )
+    if num_layers is not None:
+        mask = np.broadcast_to(mask, (num_layers, num_heads))
+    return mask.tolist()

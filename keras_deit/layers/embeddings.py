@@ -6,6 +6,7 @@ from keras import ops
 from keras_deit import kernels
 from keras_deit.checks import check_image_shape, pair
 from keras_deit.config import num_position_prefix_tokens, num_prefix_tokens
+from keras_deit.keras_internals import call_built
 from keras_deit.layers.interpolation import bicubic_resize
 
 
@@ -166,7 +167,7 @@ class DeiTEmbeddings(keras.layers.Layer):
             self._check_image_size(shape)
         # Built in `build` and run in this call's scopes: its `call` directly, as DeiTLayer
         # calls its sublayers, saves a `Layer.__call__` (~45 us on PyTorch).
-        grid = self.patch_embeddings.call(pixel_values)
+        grid = call_built(self.patch_embeddings, pixel_values)
         rows, cols = ops.shape(grid)[1], ops.shape(grid)[2]
         batch = ops.shape(grid)[0]
         patches = ops.reshape(grid, (batch, -1, self.hidden_size))

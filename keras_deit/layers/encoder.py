@@ -4,9 +4,10 @@ import keras
 from keras import ops
 
 from keras_deit import kernels
+from keras_deit.keras_internals import call_built
 from keras_deit.layers import projection
 from keras_deit.layers.activations import get_activation
-from keras_deit.layers.attention import DeiTAttention
+from keras_deit.layers.attention import DeiTAttention, head_mask_values
 
 
 @keras.saving.register_keras_serializable(package="keras_deit")
@@ -180,7 +181,8 @@ class DeiTLayer(keras.layers.Layer):
         # The sublayers are built in `build` and run inside this layer's call context, so
         # their `call` is invoked directly: on the PyTorch backend each `Layer.__call__` costs
         # ~45 us of bookkeeping, a sizeable share of a small model's forward pass.
-        attended = self.attention.call(
+        attended = call_built(
+            self.attention,
             kernels.layer_norm(self.layernorm_before, hidden_states),
             return_attention_scores=return_attention_scores,
             training=training,
@@ -189,8 +191,8 @@ class DeiTLayer(keras.layers.Layer):
         if return_attention_scores:
             attended, probs = attended
         hidden_states = hidden_states + self._residual(attended, self.ls1, training)
-        transformed = self.mlp.call(
-            kernels.layer_norm(self.layernorm_after, hidden_states), training=training
+        transformed = call_built(
+            self.mlp, kernels.layer_norm(self.layernorm_after, hidden_states), training=training
         )
         hidden_states = hidden_states + self._residual(transformed, self.ls2, training)
         if return_attention_scores:
@@ -290,7 +292,7 @@ class DeiTEncoder(keras.layers.Layer):
         self.layer_scale_init_value = layer_scale_init_value
         self.initializer_range = initializer_range
         self.attn_implementation = attn_implementation
-        self.head_mask = _per_layer_head_mask(head_mask, num_layers, num_heads)
+        self.head_mask = head_mask_values(head_mask, num_heads, num_layers)
         self.blocks = [
             DeiTLayer(
                 hidden_size,
@@ -325,8 +327,8 @@ class DeiTEncoder(keras.layers.Layer):
         all_attentions = []
         for block in self.blocks:
             # Direct `call`, as in DeiTLayer: the blocks are built and share this call context.
-            hidden_states = block.call(
-                hidden_states, return_attention_scores=output_attentions, training=training
+            hidden_states = call_built(
+                block, hidden_states, return_attention_scores=output_attentions, training=training
             )
             if output_attentions:
                 hidden_states, probs = hidden_states
@@ -359,20 +361,3 @@ class DeiTEncoder(keras.layers.Layer):
             attn_implementation=self.attn_implementation,
         )
         return config
-
-
-def _per_layer_head_mask(head_mask, num_layers, num_heads):
-    """Normalizes a head mask to a (num_layers, num_heads) list of lists, or None."""
-    if head_mask is None:
-        return None
-    import numpy as np
-
-    mask = np.asarray(head_mask, dtype="float32")
-    if mask.shape == (num_heads,):
-        mask = np.broadcast_to(mask, (num_layers, num_heads))
-    if mask.shape != (num_layers, num_heads):
-        raise ValueError(
-            f"`head_mask` must have shape ({num_heads},) or ({num_layers}, {num_heads}). "
-            f"Received: shape={mask.shape}"
-        )
-    return mask.tolist()

@@ -13,17 +13,22 @@ from keras import ops
 CUBIC_A = -0.75  # PyTorch's coefficient; TensorFlow and JAX use -0.5.
 
 
+def cubic_near(x, a):
+    """Keys' cubic convolution kernel at distances 0 <= `x` <= 1, for coefficient `a` (PyTorch:
+    -0.75, PIL: -0.5). Arithmetic only: `x` may be a number or any backend's tensor."""
+    return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+
+
+def cubic_far(x, a):
+    """Keys' cubic convolution kernel at distances 1 < `x` < 2 (zero beyond); see `cubic_near`."""
+    return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+
+
 def _cubic_weights(t):
     """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractional positions `t` (shape (n,))."""
     a = CUBIC_A
-
-    def near(x):  # |x| <= 1
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-
-    def far(x):  # 1 < |x| < 2
-        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-
-    return ops.stack([far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)], axis=-1)
+    return ops.stack([cubic_far(t + 1.0, a), cubic_near(t, a), cubic_near(1.0 - t, a),
+                      cubic_far(2.0 - t, a)], axis=-1)
 
 
 def bicubic_resize_matrix(in_size, out_size, dtype="float32"):

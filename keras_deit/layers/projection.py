@@ -3,6 +3,8 @@
 
 import keras
 
+from keras_deit.keras_internals import skip_next_load
+
 
 def projection(units, initializer_range, dtype, name, use_bias=True):
     """A `keras.layers.Dense(units)` with DeiT's truncated-normal kernel initializer.
@@ -52,14 +54,4 @@ def load_legacy_variables(store, layers, owner):
     for i, variable in enumerate(targets):
         variable.assign(store[str(i)])
     for layer in layers:
-        _skip_next_load(layer)
-
-
-def _skip_next_load(layer):
-    """Makes `layer.load_own_variables` a no-op for the next call only."""
-
-    def skip(store):
-        del layer.__dict__["load_own_variables"]
-
-    # An instance attribute shadows the class method once; deleting it restores the method.
-    layer.__dict__["load_own_variables"] = skip
+        skip_next_load(layer)

@@ -8,30 +8,16 @@ One module per role: `base` (`DeiTPreTrainedModel`), `backbone` (`DeiTModel`),
 `classification` (the two classifiers), `masked_image_modeling` (SimMIM).
 """
 
-from keras_deit.models.backbone import (
-    DeiTModel,
-    _backbone,
-    _bool_masked_pos_input,
-    _encode,
-    _forward_extras,
-    _pixel_values_input,
-)
-from keras_deit.models.base import (
-    DATA_FORMATS,
-    DeiTPreTrainedModel,
-    _as_config,
-    _check_options,
-    _dict_keys,
-    _itemsize,
-)
+from keras_deit.models.backbone import DeiTModel
+from keras_deit.models.base import DATA_FORMATS, MODEL_CLASSES, DeiTPreTrainedModel
 from keras_deit.models.classification import (
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
-    _classifier,
 )
 from keras_deit.models.masked_image_modeling import DeiTForMaskedImageModeling
 
-MODEL_CLASSES = {
+# Filled here, once every class is defined; `DeiTPreTrainedModel.from_pretrained` reads it.
+MODEL_CLASSES.update({
     cls.__name__: cls
     for cls in (
         DeiTModel,
@@ -39,4 +25,4 @@ MODEL_CLASSES = {
         DeiTForImageClassificationWithTeacher,
         DeiTForMaskedImageModeling,
     )
-}
+})

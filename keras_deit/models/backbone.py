@@ -5,9 +5,9 @@ import keras
 
 from keras_deit import keras_native, model_preprocessing
 from keras_deit.layers import DeiTEmbeddings, DeiTEncoder, DeiTPooler
-from keras_deit.models.base import DeiTPreTrainedModel, _as_config, _check_options
+from keras_deit.models.base import DeiTPreTrainedModel, as_config, check_options
 
-def _pixel_values_input(config, interpolate_pos_encoding, data_format,
+def pixel_values_input(config, interpolate_pos_encoding, data_format,
                         include_preprocessing=None):
     """(the model's image Input, the pixel values the backbone reads).
 
@@ -27,12 +27,13 @@ def _pixel_values_input(config, interpolate_pos_encoding, data_format,
     return pixel_values, pixel_values
 
 
-def _bool_masked_pos_input(config, interpolate_pos_encoding):
+def bool_masked_pos_input(config, interpolate_pos_encoding):
+    """The SimMIM mask Input: (batch, num_patches) bool, (batch, None) at any image size."""
     length = None if interpolate_pos_encoding else config.num_patches
     return keras.Input(shape=(length,), dtype="bool", name="bool_masked_pos")
 
 
-def _forward_extras(source, outputs):
+def forward_extras(source, outputs):
     """Copies `hidden_states` / `attentions` from the backbone's outputs, when present."""
     for key in ("hidden_states", "attentions"):
         if key in source:
@@ -88,9 +89,9 @@ class DeiTModel(DeiTPreTrainedModel):
         head_mask = options["head_mask"]
         attn_implementation = options["attn_implementation"]
         include_preprocessing = options["include_preprocessing"]
-        config = _as_config(config)
+        config = as_config(config)
         requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
-        _check_options(data_format)
+        check_options(data_format)
 
         # === Layers ===
         to_channels_last = (
@@ -145,13 +146,13 @@ class DeiTModel(DeiTPreTrainedModel):
         )
 
         # === Functional model ===
-        images, pixel_values = _pixel_values_input(
+        images, pixel_values = pixel_values_input(
             config, interpolate_pos_encoding, data_format, include_preprocessing
         )
         inputs = images
         bool_masked_pos = None
         if use_mask_token:
-            bool_masked_pos = _bool_masked_pos_input(config, interpolate_pos_encoding)
+            bool_masked_pos = bool_masked_pos_input(config, interpolate_pos_encoding)
             inputs = {"pixel_values": images, "bool_masked_pos": bool_masked_pos}
         outputs = _encode(
             (to_channels_last, embeddings, encoder, layernorm),
@@ -219,10 +220,10 @@ def _encode(layers, pixel_values, bool_masked_pos, interpolate_pos_encoding,
         tokens, output_hidden_states=output_hidden_states, output_attentions=output_attentions
     )
     outputs = {"last_hidden_state": layernorm(encoded["last_hidden_state"])}
-    return _forward_extras(encoded, outputs)
+    return forward_extras(encoded, outputs)
 
 
-def _backbone(config, name="deit", **options):
+def build_backbone(config, name="deit", **options):
     """A `DeiTModel` without pooler, used as the body of the task models; the task model
     holds any `include_preprocessing` itself (its body reads pixel values)."""
     options = dict(options, include_preprocessing=None)

@@ -14,6 +14,7 @@ from keras import ops
 from keras_deit import atomic, keras_native, kernels, model_preprocessing
 from keras_deit.checks import TrainerEntryChecks, check_model_images
 from keras_deit.config import DeiTConfig
+from keras_deit.conversion import loading, writers
 from keras_deit.losses import (
     _is_integer_dtype,
     as_logits_loss,
@@ -25,7 +26,8 @@ from keras_deit.losses import (
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
-def _as_config(config):
+def as_config(config):
+    """`config` (a `DeiTConfig` or the dict of its fields) as a `DeiTConfig`."""
     if isinstance(config, DeiTConfig):
         return config
     if isinstance(config, dict):
@@ -34,6 +36,11 @@ def _as_config(config):
         "`config` must be a DeiTConfig (or its dict form). "
         f"Received: config of type {type(config).__name__}"
     )
+
+
+# The DeiT model classes by name, filled by `keras_deit.models` once all are defined: a
+# checkpoint names its class, and `from_pretrained` on the base class builds that one.
+MODEL_CLASSES = {}
 
 
 class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
@@ -84,17 +91,15 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
 
         `source` is a local HF folder (`config.json` plus `model.safetensors`,
         `pytorch_model.bin` or `tf_model.h5`), an original `.pth` file, a preset name or a hub
-        id; see `conversion.load_pretrained` for the keyword arguments (`strict`, `num_labels`,
-        model options, ...). The format readers live in the `conversion` package, which is
-        imported here, on first use, so that the modelling code stays free of them.
+        id; see `keras_deit.conversion.load_pretrained` for the keyword arguments (`strict`,
+        `num_labels`, model options, ...): the body lives there, beside the format readers.
         """
         if str(source).endswith(".keras"):  # a saved keras_deit model, e.g. `keras-deit train`'s
             return _load_keras_file(cls, source, kwargs)
-        # Lazy, the one import of `conversion` from the models: conversion depends on
-        # keras_deit (it builds these classes), so importing it at the top would be a circle.
-        from conversion import load_pretrained
-
-        return load_pretrained(cls, source, **kwargs)
+        # The base class builds the checkpoint's own class.
+        return loading.load_pretrained(
+            MODEL_CLASSES if cls is DeiTPreTrainedModel else cls, source, **kwargs
+        )
 
     def save_pretrained(self, path, layout="transformers", overwrite=False, image_processor=None):
         """Writes the model for PyTorch users; `from_pretrained(path)` reads it back exactly.
@@ -104,13 +109,10 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
         DeiT recipe) that transformers' DeiT classes load (ViT ones without a distillation
         token). `layout="timm"`: the `.pth` file `path`, `{"model": state_dict}` in timm's
         names, as the original releases (needs torch). An existing `path` is refused unless
-        `overwrite=True`; the output appears whole or not at all. See `conversion.writers`.
+        `overwrite=True`; the output appears whole or not at all. See `keras_deit.conversion.writers`.
         """
-        # Lazy for the reason given in from_pretrained: conversion builds these classes.
-        from conversion.writers import save_pretrained
-
-        return save_pretrained(self, path, layout=layout, overwrite=overwrite,
-                               image_processor=image_processor)
+        return writers.save_pretrained(self, path, layout=layout, overwrite=overwrite,
+                                       image_processor=image_processor)
 
     def predict_step(self, *args):
         # `predict` outputs never take a gradient: on PyTorch, inference mode (see
@@ -386,7 +388,8 @@ def _dict_keys(*specs):
     return tuple(keys) or None
 
 
-def _check_options(data_format):
+def check_options(data_format):
+    """Raises a one-line ValueError for a `data_format` the models do not take."""
     if data_format not in DATA_FORMATS:
         raise ValueError(
             f"`data_format` must be one of {DATA_FORMATS}. Received: data_format={data_format!r}"

@@ -6,8 +6,8 @@ import keras
 from keras_deit import keras_native
 from keras_deit.layers.projection import projection
 from keras_deit.losses import classification_loss, warn_float_rows_read_as_multi_label
-from keras_deit.models.backbone import _backbone, _forward_extras, _pixel_values_input
-from keras_deit.models.base import DeiTPreTrainedModel, _as_config
+from keras_deit.models.backbone import build_backbone, forward_extras, pixel_values_input
+from keras_deit.models.base import DeiTPreTrainedModel, as_config
 
 def _classifier(config, name, dtype):
     """Dense(num_labels) on a token; None (identity) when `num_labels` is 0, as transformers."""
@@ -33,24 +33,24 @@ class DeiTForImageClassification(DeiTPreTrainedModel):
     """
 
     def __init__(self, config, dtype=None, **kwargs):
-        config = _as_config(config)
+        config = as_config(config)
         requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         options = self._take_options(kwargs)
         interpolate_pos_encoding = options["interpolate_pos_encoding"]
         data_format = options["data_format"]
 
         # === Layers ===
-        deit = _backbone(config, dtype=dtype, **options)
+        deit = build_backbone(config, dtype=dtype, **options)
         classifier = _classifier(config, "classifier", dtype)
 
         # === Functional model ===
-        images, pixel_values = _pixel_values_input(
+        images, pixel_values = pixel_values_input(
             config, interpolate_pos_encoding, data_format, options["include_preprocessing"]
         )
         encoded = deit.encode(pixel_values)
         class_token = encoded["last_hidden_state"][:, 0]
         logits = classifier(class_token) if classifier is not None else class_token
-        outputs = _forward_extras(encoded, {"logits": logits})
+        outputs = forward_extras(encoded, {"logits": logits})
         super().__init__(inputs=images, outputs=outputs, dtype=requested_dtype, **kwargs)
 
         # === Config ===
@@ -95,7 +95,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
     """
 
     def __init__(self, config, dtype=None, **kwargs):
-        config = _as_config(config)
+        config = as_config(config)
         requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         if not config.use_distillation_token:
             raise ValueError(
@@ -108,12 +108,12 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         data_format = options["data_format"]
 
         # === Layers ===
-        deit = _backbone(config, dtype=dtype, **options)
+        deit = build_backbone(config, dtype=dtype, **options)
         cls_classifier = _classifier(config, "cls_classifier", dtype)
         distillation_classifier = _classifier(config, "distillation_classifier", dtype)
 
         # === Functional model ===
-        images, pixel_values = _pixel_values_input(
+        images, pixel_values = pixel_values_input(
             config, interpolate_pos_encoding, data_format, options["include_preprocessing"]
         )
         encoded = deit.encode(pixel_values)
@@ -128,7 +128,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
             "distillation_logits": distillation_logits,
         }
         super().__init__(
-            inputs=images, outputs=_forward_extras(encoded, outputs),
+            inputs=images, outputs=forward_extras(encoded, outputs),
             dtype=requested_dtype, **kwargs,
         )
 

@@ -8,9 +8,9 @@ from keras_deit.checks import check_masked_image_inputs
 from keras_deit.layers import DeiTMaskedImageModelingDecoder
 from keras_deit.losses import masked_image_modeling_loss
 from keras_deit.models.backbone import (
-    _backbone, _bool_masked_pos_input, _forward_extras, _pixel_values_input,
+    build_backbone, bool_masked_pos_input, forward_extras, pixel_values_input,
 )
-from keras_deit.models.base import DeiTPreTrainedModel, _as_config
+from keras_deit.models.base import DeiTPreTrainedModel, as_config
 
 @keras.saving.register_keras_serializable(package="keras_deit")
 class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
@@ -33,7 +33,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
     """
 
     def __init__(self, config, dtype=None, **kwargs):
-        config = _as_config(config)
+        config = as_config(config)
         requested_dtype, dtype = dtype, keras_native.layer_policy(dtype)
         if config.patch_hw != (config.encoder_stride, config.encoder_stride):
             raise ValueError(
@@ -52,7 +52,7 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
         data_format = options["data_format"]
 
         # === Layers ===
-        deit = _backbone(config, use_mask_token=True, dtype=dtype, **options)
+        deit = build_backbone(config, use_mask_token=True, dtype=dtype, **options)
         decoder = DeiTMaskedImageModelingDecoder(
             config.encoder_stride,
             config.num_channels,
@@ -64,13 +64,13 @@ class DeiTForMaskedImageModeling(DeiTPreTrainedModel):
 
         # === Functional model ===
         inputs = {
-            "pixel_values": _pixel_values_input(config, interpolate_pos_encoding, data_format)[0],
-            "bool_masked_pos": _bool_masked_pos_input(config, interpolate_pos_encoding),
+            "pixel_values": pixel_values_input(config, interpolate_pos_encoding, data_format)[0],
+            "bool_masked_pos": bool_masked_pos_input(config, interpolate_pos_encoding),
         }
         encoded = deit.encode(inputs)
         patch_tokens = encoded["last_hidden_state"][:, config.num_prefix_tokens:]
         reconstruction = decoder(patch_tokens, inputs["pixel_values"])
-        outputs = _forward_extras(encoded, {"reconstruction": reconstruction})
+        outputs = forward_extras(encoded, {"reconstruction": reconstruction})
         super().__init__(inputs=inputs, outputs=outputs, dtype=requested_dtype, **kwargs)
 
         # === Config ===
