@@ -14,6 +14,8 @@ import warnings
 
 import keras
 from keras import ops
+# Keras' own per-replica loss scaling (its `Loss` applies it; a custom `compute_loss` must).
+from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
 
 from keras_deit.checks import TrainerEntryChecks
 from keras_deit.losses import (
@@ -308,7 +310,9 @@ class DeiTDistiller(TrainerEntryChecks, keras.Model):
         """`(1 - alpha) * base(cls_logits, y) + alpha * KD(distillation_logits, teacher)`."""
         cls_logits = y_pred["cls_logits"]
         if self._base_criterion is not None:
-            base = ops.cast(self._base_criterion(y, cls_logits, sample_weight), "float32")
+            # A Keras `Loss` already divides by the replicas; the total is divided once below.
+            base = unscale_loss_for_distribution(
+                ops.cast(self._base_criterion(y, cls_logits, sample_weight), "float32"))
         else:
             base = classification_loss(y, cls_logits, _PROBLEM_TYPE, sample_weight)
         teacher_logits = None
@@ -328,7 +332,8 @@ class DeiTDistiller(TrainerEntryChecks, keras.Model):
         self.base_loss_tracker.update_state(base)
         if kd is not None:
             self.distillation_loss_tracker.update_state(kd)
-        return loss
+        # Under tf.distribute each replica's gradients are summed: divide by replicas.
+        return scale_loss_for_distribution(loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         """Updates the compiled metrics on the averaged `logits`."""

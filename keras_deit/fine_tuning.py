@@ -267,11 +267,18 @@ def restore_checkpoint(path, student, trainer):
         return int(saved["epochs_done"])
 
 
+def _silent(*args, **kwargs):
+    """The `print_fn` of the processes other than the chief."""
+
+
 def head_accuracies(model, pixel_values, labels, batch_size):
     """{output name: accuracy} of every classification head on (pixel_values, labels)."""
-    outputs = model.predict(pixel_values, batch_size=batch_size, verbose=0)
     labels = np.asarray(labels)
-    return {name: float(np.mean(np.argmax(np.asarray(outputs[name]), -1) == labels))
+    # Padded to whole batches (several devices split every batch evenly); the pad is dropped.
+    pad = -len(labels) % batch_size
+    pixel_values = np.concatenate([pixel_values, np.zeros_like(pixel_values[:1]).repeat(pad, 0)])
+    outputs = model.predict(pixel_values, batch_size=batch_size, verbose=0)
+    return {name: float(np.mean(np.argmax(np.asarray(outputs[name])[:len(labels)], -1) == labels))
             for name in ("logits", "cls_logits", "distillation_logits") if name in outputs}
 
 
@@ -298,7 +305,7 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
                  epochs=None, batch_size=None, image_size=None, lora=None, recipe=None,
                  resume=False, from_scratch=False, validation_split=0.1, ema_decay=None,
                  learning_rate=None, base_learning_rate=None, warmup_epochs=None, seed=0,
-                 verbose=1, print_fn=print):
+                 verbose=1, print_fn=print, cluster=None):
     """Trains `model` (a `keras-deit predict` source) on the class folders of `data_dir` and
     writes the student to `output` (.keras) with `preprocessor_config.json` beside it.
 
@@ -315,12 +322,30 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
         from_scratch: the source's architecture with freshly initialized weights.
         learning_rate: the peak rate as it is; base_learning_rate: the rate for a batch of
             512, scaled linearly (deit's rule: 5e-4, the default `from_scratch`).
+        batch_size: the global batch (all devices of all processes); the learning-rate rule
+            follows it.
+        cluster: a `keras_deit.distribution.Cluster` (default `configure()`: every visible
+            device of this process, or the JAX job of the KERAS_DISTRIBUTION_* variables).
+            Only its chief (process 0) writes files and prints.
         Everything else as `keras-deit train --help` says.
 
     Returns:
         A dict: `accuracy` ({head: validation accuracy}), `epochs`, `skipped` (paths),
         `output`.
     """
+    options = dict(locals())
+    from keras_deit.distribution import configure
+
+    cluster = options.pop("cluster") or configure(seed=seed)
+    # The model, optimizer and fit in the cluster's scope (MirroredStrategy / DataParallel).
+    with cluster.scope():
+        return _train(cluster=cluster, **options)
+
+
+def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, image_size, lora,
+           recipe, resume, from_scratch, validation_split, ema_decay, learning_rate,
+           base_learning_rate, warmup_epochs, seed, verbose, print_fn, cluster):
+    """`train_folder` inside `cluster.scope()`."""
     from keras_deit.atomic import replacing
     from keras_deit.augmentation import deit_train_dataset
     from keras_deit.distillation import DeiTDistiller
@@ -340,6 +365,15 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
                          "run removes it): run without --resume to start training.")
     folder = list_image_folder(data_dir, validation_split, seed)
     num_classes = len(folder.class_names)
+    local_batch = cluster.local_batch_size(batch_size)
+    if not cluster.is_chief:
+        print_fn = _silent
+    if cluster.num_processes > 1:
+        # Each process reads its own equal share of the training images (same steps each).
+        share = len(folder.train_paths) // cluster.num_processes * cluster.num_processes
+        rank, step = cluster.process_index, cluster.num_processes
+        folder.train_paths = folder.train_paths[:share][rank::step]
+        folder.train_labels = folder.train_labels[:share][rank::step]
     train_images, train_labels, skipped = read_images(folder.train_paths, folder.train_labels)
     val_images, val_labels, val_skipped = read_images(folder.val_paths, folder.val_labels)
     skipped += val_skipped
@@ -374,21 +408,27 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
     val_pixels = processor(val_images, return_tensors="np")["pixel_values"]
     if recipe == "deit":
         pictures = np.stack([np.asarray(image.resize((size, size), 3)) for image in train_images])
-        train_ds = deit_train_dataset(pictures, train_labels, num_classes, batch_size, size,
+        train_ds = deit_train_dataset(pictures, train_labels, num_classes, local_batch, size,
                                       processor.image_mean, processor.image_std, seed=seed)
         val_targets = np.eye(num_classes, dtype="float32")[val_labels]
         metric = "categorical_accuracy"
     else:
         pixels = processor(train_images, return_tensors="np")["pixel_values"]
         train_ds = (tf.data.Dataset.from_tensor_slices((pixels, np.asarray(train_labels, "int32")))
-                    .shuffle(len(pixels), seed=seed).batch(batch_size, drop_remainder=True))
+                    .shuffle(len(pixels), seed=seed).batch(local_batch, drop_remainder=True))
         val_targets = np.asarray(val_labels, "int32")
         metric = "sparse_categorical_accuracy"
     steps = int(train_ds.cardinality())
     if steps < 1:
         raise ValueError(f"{len(train_labels)} training images make no full batch of "
                          f"{batch_size}: lower --batch-size.")
-    val_ds = tf.data.Dataset.from_tensor_slices((val_pixels, val_targets)).batch(batch_size)
+    # Several devices split every batch evenly: the fit-time validation keeps full batches
+    # only (the summary below scores every image).
+    several = cluster.num_devices > 1
+    val_ds = tf.data.Dataset.from_tensor_slices((val_pixels, val_targets)).batch(
+        local_batch, drop_remainder=several)
+    if several and len(val_labels) < local_batch:
+        val_ds = None
 
     # ---- model, optimizer, state ----------------------------------------------------------
     if lora:
@@ -414,18 +454,21 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
                  "pass --resume to continue it instead")
 
     # ---- train ----------------------------------------------------------------------------
-    with replacing(existing) as tmp:
-        processor.to_json_file(tmp)
-    # The log first: an epoch's row is written before its checkpoint, so a run interrupted
-    # after a checkpoint has logged every epoch it holds.
-    callbacks = [keras.callbacks.CSVLogger(paths["log"], append=resume),
-                 EpochCheckpoint(student, paths["checkpoint"], output)]
-    if importlib.util.find_spec("tensorboard") is not None:
+    callbacks = []
+    if cluster.is_chief:  # The other processes write nothing.
+        with replacing(existing) as tmp:
+            processor.to_json_file(tmp)
+        # The log first: an epoch's row is written before its checkpoint, so a run
+        # interrupted after a checkpoint has logged every epoch it holds.
+        callbacks = [keras.callbacks.CSVLogger(paths["log"], append=resume),
+                     EpochCheckpoint(student, paths["checkpoint"], output)]
+    if cluster.is_chief and importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False,
                                                      profile_batch=0))
     print_fn(f"training {type(student).__name__} on {len(train_labels)} images of "
              f"{num_classes} classes ({len(val_labels)} for validation), recipe {recipe}"
-             f"{f', teacher {teacher} ({distillation})' if distilled else ''}")
+             f"{f', teacher {teacher} ({distillation})' if distilled else ''}, "
+             f"{cluster.describe()}")
     print_fn(plan.describe(steps))
     # The dataset shuffles itself (fit's `shuffle` only applies to arrays, and warns).
     trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
@@ -434,12 +477,15 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
         from keras_deit.keras_native import merge_lora
 
         student = merge_lora(student)
-        student.save(output)
-    os.remove(paths["checkpoint"])
+        if cluster.is_chief:
+            student.save(output)
+    if cluster.is_chief:
+        os.remove(paths["checkpoint"])
 
     # ---- summary --------------------------------------------------------------------------
-    accuracy = head_accuracies(student, val_pixels, val_labels, batch_size)
-    print_fn(f"wrote {output} ({epochs} epoch{'s' * (epochs != 1)}); validation accuracy on {len(val_labels)} "
+    accuracy = head_accuracies(student, val_pixels, val_labels, local_batch)
+    print_fn(f"wrote {output} ({epochs} epoch{'s' * (epochs != 1)}); validation accuracy on "
+             f"{len(val_labels)} "
              "images: " + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
     if skipped:
         print_fn(f"skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0][1]}")
@@ -491,6 +537,15 @@ def add_train_arguments(parser):
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run that wrote OUTPUT's checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
+    cluster = parser.add_argument_group(
+        "cluster (JAX; default: every local device, or the KERAS_DISTRIBUTION_* variables)")
+    cluster.add_argument("--coordinator", metavar="HOST:PORT",
+                         help="process 0's address, the same on every process")
+    cluster.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    cluster.add_argument("--process-id", type=int, metavar="I",
+                         help="this process's index in [0, N); 0 writes the files")
+    cluster.add_argument("--join-timeout", type=int, default=120, metavar="SECONDS",
+                         help="how long to wait for every process to join (default 120)")
 
 
 def train_command(args, out=None):
@@ -503,6 +558,10 @@ def train_command(args, out=None):
         print(line, file=out, flush=True)
 
     try:
+        from keras_deit.distribution import configure
+
+        cluster = configure(args.coordinator, args.num_processes, args.process_id,
+                            seed=args.seed, initialization_timeout=args.join_timeout)
         train_folder(args.data_dir, args.output, model=args.model, teacher=args.teacher,
                      distillation=args.distillation, epochs=args.epochs,
                      batch_size=args.batch_size, image_size=args.image_size, lora=args.lora,
@@ -511,7 +570,7 @@ def train_command(args, out=None):
                      learning_rate=args.lr, base_learning_rate=args.base_lr,
                      warmup_epochs=args.warmup_epochs, seed=args.seed,
                      # A progress bar in a terminal; one line per epoch in a log file.
-                     verbose=1 if out.isatty() else 2, print_fn=say)
+                     verbose=1 if out.isatty() else 2, print_fn=say, cluster=cluster)
     except KeyboardInterrupt:
         done = os.path.isfile(_paths(args.output)["checkpoint"])
         print(f"keras-deit: interrupted; {args.output} and its checkpoint hold the last "

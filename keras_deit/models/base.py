@@ -10,6 +10,8 @@ import re
 import keras
 import numpy as np
 from keras import ops
+# Keras' own per-replica loss scaling (its `Loss` applies it; a custom `compute_loss` must).
+from keras.src.losses.loss import scale_loss_for_distribution
 
 from keras_deit import atomic, keras_native, kernels, model_preprocessing
 from keras_deit.checks import TrainerEntryChecks, check_model_images
@@ -196,7 +198,8 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
             if loss is not None:
                 for extra in self.losses:
                     loss = loss + ops.sum(ops.cast(extra, "float32"))
-                return loss
+                # Under tf.distribute each replica's gradients are summed: divide by replicas.
+                return scale_loss_for_distribution(loss)
         y, y_pred = self._route_targets(y, y_pred, getattr(self, "_loss_outputs", None))
         return super().compute_loss(x, y, y_pred, sample_weight, training=training)
 
