@@ -15,7 +15,7 @@ import warnings
 import keras
 from keras import ops
 # Keras' own per-replica loss scaling (its `Loss` applies it; a custom `compute_loss` must).
-from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
+from keras_deit.keras_internals import scale_loss_for_distribution, unscale_loss_for_distribution
 
 from keras_deit.checks import TrainerEntryChecks
 from keras_deit.losses import (

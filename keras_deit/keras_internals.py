@@ -18,11 +18,23 @@ Tested with Keras 3.15 (README, "Dependencies"). The internals, and why each is 
   opened the name, autocast and training scopes already.
 - An instance attribute shadowing `load_own_variables` once, for files whose variables a
   sublayer's owner has loaded already (`layers/projection.py`).
+- `scale_loss_for_distribution` / `unscale_loss_for_distribution`: the division by the
+  replicas in sync that Keras' `Loss` applies, for the losses our `compute_loss` builds itself
+  (under MirroredStrategy they would otherwise sum each replica's gradient). Keras exports no
+  public one. Fallback: no distribution strategy, so scale by 1.
 """
 
 # Keras exports no public base for layers that switch to TensorFlow ops inside tf.data on
 # every backend (its own RandAugment, MixUp, ... derive from this one).
 from keras.src.layers.preprocessing.data_layer import DataLayer  # noqa: F401  (used elsewhere)
+
+try:
+    from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution
+except ImportError:  # moved: correct without a tf.distribute strategy (1 replica)
+    def scale_loss_for_distribution(value):
+        return value
+
+    unscale_loss_for_distribution = scale_loss_for_distribution
 
 try:
     from keras.src.backend.common.stateless_scope import in_stateless_scope

@@ -69,3 +69,13 @@ def test_skip_next_load_skips_one_load_only():
     assert max_abs_diff(layer.kernel, before) == 0.0  # skipped
     layer.load_own_variables({"0": ones[0], "1": ones[1]})
     assert max_abs_diff(layer.kernel, ones[0]) == 0.0  # the class method is back
+
+
+def test_loss_scaling_is_keras_own_and_one_replica_leaves_the_loss():
+    # Keras' own (not the fallback); the division under MirroredStrategy is checked by
+    # tests/test_distribution.py (two devices train like one).
+    assert ki.scale_loss_for_distribution.__module__ == "keras.src.losses.loss"
+    assert ki.unscale_loss_for_distribution.__module__ == "keras.src.losses.loss"
+    loss = keras.ops.convert_to_tensor(3.0)
+    assert float(keras.ops.convert_to_numpy(ki.scale_loss_for_distribution(loss))) == 3.0
+    assert float(keras.ops.convert_to_numpy(ki.unscale_loss_for_distribution(loss))) == 3.0

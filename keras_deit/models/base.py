@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 # Keras' own per-replica loss scaling (its `Loss` applies it; a custom `compute_loss` must).
-from keras.src.losses.loss import scale_loss_for_distribution
+from keras_deit.keras_internals import scale_loss_for_distribution
 
 from keras_deit import atomic, keras_native, kernels, model_preprocessing
 from keras_deit.checks import TrainerEntryChecks, check_model_images
