@@ -19,13 +19,21 @@ import sys
 from keras_deit.backend_logs import import_backend
 from keras_deit.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
 from keras_deit.export.common import check_format, check_output, require  # no Keras
+from keras_deit.recipe import DISTILLATION_CHOICES, RECIPES  # no Keras
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (argparse prints its whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _common_options():
     """--backend and --verbose, which every command but convert takes."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--backend", choices=BACKENDS,
                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     common.add_argument("--verbose", action="store_true",
@@ -33,11 +41,10 @@ def _common_options():
     return common
 
 
-def _parser(command=None):
-    """The argument parser; the train command's arguments are added only when `command` is
-    "train" (`fine_tuning`, which defines them, imports Keras)."""
+def _parser():
+    """The argument parser of every command but convert (which parses its own)."""
     common = _common_options()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="keras-deit",
         description="DeiT image classifiers for Keras 3 (TensorFlow, JAX, PyTorch).",
     )
@@ -79,10 +86,7 @@ def _parser(command=None):
         "(or a light one), optionally distilling a teacher; a checkpoint every epoch, "
         "--resume, CSV logs. See keras_deit/fine_tuning.py.",
     )
-    if command == "train":
-        from keras_deit.fine_tuning import add_train_arguments
-
-        add_train_arguments(train)
+    add_train_arguments(train)
 
     commands.add_parser(
         "convert", add_help=False,
@@ -100,18 +104,13 @@ def main(argv=None):
         from keras_deit.conversion.cli import main as convert
 
         return convert(argv[1:], prog="keras-deit convert")
-    command = argv[0] if argv else None
-    if command == "train":
-        # `fine_tuning` imports Keras: the backend and the logs are settled before it is.
-        early, _ = _common_options().parse_known_args(argv[1:])
-        _use_backend(early.backend, argv)
-        import_backend(early.verbose, with_tensorflow=True)
-    args = _parser(command).parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         _use_backend(args.backend, argv)
         if args.command == "export":
             return export_command(args)  # checks its arguments before importing Keras
         if args.command == "train":
+            import_backend(args.verbose, with_tensorflow=True)
             from keras_deit.fine_tuning import train_command
 
             return train_command(args)
@@ -178,6 +177,88 @@ def _parse_size(text):
         raise ValueError(f"--input-size takes HEIGHTxWIDTH (e.g. 256x256), a side or 'any'. "
                          f"Received: {text!r}")
     return values * 2 if len(values) == 1 else values
+
+
+# ---- the `keras-deit train` command -------------------------------------------------------------
+def _at_least(minimum, kind=int):
+    """An argparse type: a `kind` number >= `minimum`."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, received {text}")
+        return value
+
+    return parse
+
+
+def _share(text):
+    """An argparse type: a float in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), received {text}")
+    return value
+
+
+def add_train_arguments(parser):
+    """The arguments of `keras-deit train` (checked here, before a backend is imported)."""
+    parser.add_argument("data_dir", metavar="DATA_DIR",
+                        help="one sub-folder of images per class (or train/ and val/ holding them)")
+    parser.add_argument("output", metavar="OUTPUT.keras", help="the trained model")
+    parser.add_argument("--model", default="deit-digits", metavar="SOURCE",
+                        help="what to start from: a built-in model, a .keras file, an HF folder, "
+                        "a .pth file, a preset or a hub id (as for predict; default deit-digits)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="use only the architecture of --model, freshly initialized")
+    parser.add_argument("--teacher", metavar="SOURCE",
+                        help="a classifier of the same classes to distil from")
+    parser.add_argument("--distillation", choices=DISTILLATION_CHOICES, default="hard",
+                        help="with --teacher: DeiT's hard (default) or soft distillation, or none")
+    parser.add_argument("--epochs", type=_at_least(1),
+                        help="default 10 for a fine-tune, 300 (the paper's) with --from-scratch")
+    parser.add_argument("--batch-size", type=_at_least(1),
+                        help="the global batch; default 8 for a fine-tune, 64 with "
+                        "--from-scratch")
+    parser.add_argument("--image-size", type=_at_least(1),
+                        help="train at this size (default: the model's); position embeddings "
+                        "are resampled")
+    parser.add_argument("--lora", type=_at_least(1), metavar="RANK",
+                        help="train LoRA adapters of this rank (and the heads), merged at the end")
+    parser.add_argument("--recipe", choices=RECIPES,
+                        help="deit: DeiT's augmentation, mixup/cutmix, smoothing, repeated "
+                        "augmentation, drop path (the default with --from-scratch); light: the "
+                        "checkpoint's preprocessing only (the default for a fine-tune)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--lr", type=_at_least(1e-12, float),
+                      help="peak learning rate, as it is (fine-tune default 1e-4)")
+    rate.add_argument("--base-lr", type=_at_least(1e-12, float),
+                      help="learning rate for a batch of 512, scaled by the batch (deit's rule; "
+                      "5e-4 is the default with --from-scratch)")
+    parser.add_argument("--warmup-epochs", type=_at_least(0),
+                        help="linear warmup epochs before the cosine (fine-tune 1, deit 5; fewer "
+                        "if --epochs is not larger)")
+    parser.add_argument("--validation-split", type=_share, default=0.1,
+                        help="share of each class held out when DATA_DIR has no val/ (0.1)")
+    parser.add_argument("--ema-decay", type=_share,
+                        help="keep an EMA of the weights (deit: 0.99996) and write it at the end")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run that wrote OUTPUT's checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="default 0")
+    cluster = parser.add_argument_group(
+        "cluster (JAX; default: every local device, or the KERAS_DISTRIBUTION_* variables)")
+    cluster.add_argument("--coordinator", metavar="HOST:PORT",
+                         help="process 0's address, the same on every process")
+    cluster.add_argument("--num-processes", type=_at_least(1), metavar="N", help="processes in the job")
+    cluster.add_argument("--process-id", type=_at_least(0), metavar="I",
+                         help="this process's index in [0, N); 0 writes the files")
+    cluster.add_argument("--join-timeout", type=_at_least(1), default=120, metavar="SECONDS",
+                         help="how long to wait for every process to join (default 120)")
 
 
 # ---- the `keras-deit export` command -----------------------------------------------------------

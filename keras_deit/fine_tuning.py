@@ -26,10 +26,9 @@ import numpy as np
 from keras import ops
 
 from keras_deit.inference import load_classifier
+from keras_deit.recipe import DISTILLATION_CHOICES, RECIPES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-RECIPES = ("deit", "light")
-DISTILLATION_CHOICES = ("hard", "soft", "none")
 # The classifier layers, replaced when the folder's classes differ from the checkpoint's.
 HEAD_LAYERS = ("classifier", "cls_classifier", "distillation_classifier")
 
@@ -493,61 +492,6 @@ def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, i
 
 
 # ---- command line (`keras-deit train`) ---------------------------------------------------------
-def add_train_arguments(parser):
-    """The arguments of `keras-deit train` on an argparse parser."""
-    parser.add_argument("data_dir", metavar="DATA_DIR",
-                        help="one sub-folder of images per class (or train/ and val/ holding them)")
-    parser.add_argument("output", metavar="OUTPUT.keras", help="the trained model")
-    parser.add_argument("--model", default="deit-digits", metavar="SOURCE",
-                        help="what to start from: a built-in model, a .keras file, an HF folder, "
-                        "a .pth file, a preset or a hub id (as for predict; default deit-digits)")
-    parser.add_argument("--from-scratch", action="store_true",
-                        help="use only the architecture of --model, freshly initialized")
-    parser.add_argument("--teacher", metavar="SOURCE",
-                        help="a classifier of the same classes to distil from")
-    parser.add_argument("--distillation", choices=DISTILLATION_CHOICES, default="hard",
-                        help="with --teacher: DeiT's hard (default) or soft distillation, or none")
-    parser.add_argument("--epochs", type=int,
-                        help="default 10 for a fine-tune, 300 (the paper's) with --from-scratch")
-    parser.add_argument("--batch-size", type=int,
-                        help="the global batch; default 8 for a fine-tune, 64 with "
-                        "--from-scratch")
-    parser.add_argument("--image-size", type=int,
-                        help="train at this size (default: the model's); position embeddings "
-                        "are resampled")
-    parser.add_argument("--lora", type=int, metavar="RANK",
-                        help="train LoRA adapters of this rank (and the heads), merged at the end")
-    parser.add_argument("--recipe", choices=RECIPES,
-                        help="deit: DeiT's augmentation, mixup/cutmix, smoothing, repeated "
-                        "augmentation, drop path (the default with --from-scratch); light: the "
-                        "checkpoint's preprocessing only (the default for a fine-tune)")
-    rate = parser.add_mutually_exclusive_group()
-    rate.add_argument("--lr", type=float,
-                      help="peak learning rate, as it is (fine-tune default 1e-4)")
-    rate.add_argument("--base-lr", type=float,
-                      help="learning rate for a batch of 512, scaled by the batch (deit's rule; "
-                      "5e-4 is the default with --from-scratch)")
-    parser.add_argument("--warmup-epochs", type=int,
-                        help="linear warmup epochs before the cosine (fine-tune 1, deit 5; fewer "
-                        "if --epochs is not larger)")
-    parser.add_argument("--validation-split", type=float, default=0.1,
-                        help="share of each class held out when DATA_DIR has no val/ (0.1)")
-    parser.add_argument("--ema-decay", type=float,
-                        help="keep an EMA of the weights (deit: 0.99996) and write it at the end")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run that wrote OUTPUT's checkpoint")
-    parser.add_argument("--seed", type=int, default=0, help="default 0")
-    cluster = parser.add_argument_group(
-        "cluster (JAX; default: every local device, or the KERAS_DISTRIBUTION_* variables)")
-    cluster.add_argument("--coordinator", metavar="HOST:PORT",
-                         help="process 0's address, the same on every process")
-    cluster.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
-    cluster.add_argument("--process-id", type=int, metavar="I",
-                         help="this process's index in [0, N); 0 writes the files")
-    cluster.add_argument("--join-timeout", type=int, default=120, metavar="SECONDS",
-                         help="how long to wait for every process to join (default 120)")
-
-
 def train_command(args, out=None):
     """Runs `keras-deit train` for parsed `args`; returns the exit code (130 on Ctrl-C)."""
     import sys

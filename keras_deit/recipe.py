@@ -8,8 +8,6 @@ table lists every argument of `main.py` beside ours).
 
 import dataclasses
 
-import keras
-
 # facebookresearch/deit `main.py` defaults that keras_deit uses (argument names with "_").
 DEIT_MAIN_DEFAULTS = dict(
     lr=5e-4,  # for a total batch of 512; scaled linearly (`linear_scaled_lr` in main.py)
@@ -38,6 +36,11 @@ DEIT_MAIN_DEFAULTS = dict(
     distillation_alpha=0.5,
     distillation_tau=1.0,
 )
+
+# `keras-deit train --recipe` and `--distillation` (here, not in fine_tuning, so that the CLI
+# checks them without importing Keras).
+RECIPES = ("deit", "light")
+DISTILLATION_CHOICES = ("hard", "soft", "none")
 
 # main.py scales `lr` by the total batch over this.
 REFERENCE_BATCH_SIZE = 512
@@ -125,6 +128,8 @@ def learning_rate_schedule(peak, steps_per_epoch, epochs, warmup_epochs, warmup_
             "`epochs` must be an int greater than `warmup_epochs` (the cosine needs at least one "
             f"epoch). Received: epochs={epochs!r}, warmup_epochs={warmup_epochs!r}"
         )
+    import keras  # here: the CLI reads this module's defaults before a backend is chosen
+
     warmup_steps = warmup_epochs * steps_per_epoch
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=warmup_learning_rate if warmup_steps else peak,
