@@ -165,8 +165,8 @@ class TrainingPlan:
         """One line for the start of a run."""
         warmup = (f"warm-up {self.warmup_epochs} epoch{'s' * (self.warmup_epochs != 1)} from "
                   f"{self.warmup_learning_rate:.3g}" if self.warmup_epochs else "no warm-up")
-        return (f"recipe {self.recipe}, batch {self.batch_size}, {steps_per_epoch} steps per "
-                f"epoch, {self.epochs} epoch{'s' * (self.epochs != 1)}, learning rate "
+        return (f"recipe {self.recipe}, batch {self.batch_size}, {steps_per_epoch} "
+                f"step{'s' * (steps_per_epoch != 1)} per epoch, {self.epochs} epoch{'s' * (self.epochs != 1)}, learning rate "
                 f"{self.learning_rate:.3g} ({self.learning_rate_rule}), {warmup}, cosine to "
                 f"{self.min_learning_rate:.3g}")
 
