@@ -345,6 +345,28 @@ def test_layer_in_model_with_varying_sizes(keras, photos):
                 assert np.abs(out - processor(images)["pixel_values"]).max() <= 1e-5
 
 
+def test_layer_maps_over_tf_data_on_every_backend(keras, photos):
+    """Mapped over a `tf.data.Dataset` (before or after `batch`, images of mixed sizes), as
+    Keras' own Resizing is: TensorFlow ops there, whatever the backend."""
+    import tensorflow as tf
+
+    processor = DeiTImageProcessor(**IMAGENET)
+    layer = processor.to_keras_layer()
+    china, flower = photos
+    pictures = [china, flower[:300, :260]]  # two sizes: only single images can be mapped
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(pictures), output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
+    out = np.stack([np.asarray(x) for x in dataset.map(layer)])
+    assert out.shape == (2, 224, 224, 3) and out.dtype == np.float32
+    assert np.abs(out - processor(pictures)["pixel_values"]).mean() < 0.02
+    batched = tf.data.Dataset.from_tensor_slices(np.stack(photos)).batch(2).map(layer)
+    out = np.asarray(next(iter(batched)))
+    assert out.shape == (2, 224, 224, 3)
+    assert np.abs(out - processor(np.stack(photos))["pixel_values"]).mean() < 0.02
+    # One image outside tf.data too.
+    assert tuple(_to_numpy(keras, layer(china)).shape) == (224, 224, 3)
+
+
 def test_layer_shortest_edge(keras, photos):
     processor = DeiTImageProcessor.from_timm_recipe()
     layer = processor.to_keras_layer()
@@ -391,8 +413,8 @@ def test_layer_errors(keras):
         DeiTPreprocessing(interpolation="nearest")
     with pytest.raises(ValueError, match="image_std=None"):
         DeiTPreprocessing(image_std=None)
-    with pytest.raises(ValueError, match="shape \\(5, 7, 3\\)"):
-        DeiTPreprocessing()(np.zeros((5, 7, 3), "uint8"))
+    with pytest.raises(ValueError, match="shape \\(5, 7\\)"):
+        DeiTPreprocessing()(np.zeros((5, 7), "uint8"))
 
 
 def test_layer_saved_in_keras_model(keras, photos, tmp_path):

@@ -1,8 +1,8 @@
 """`DeiTPreprocessing`: DeiT's resize, center crop, rescale and normalize as a Keras layer."""
 
 import keras
-from keras import ops
 
+from keras_deit.keras_internals import DataLayer
 from keras_deit.preprocessing_spec import (
     IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD,
@@ -12,21 +12,26 @@ from keras_deit.preprocessing_spec import (
 )
 
 
-def _nonneg(value):
+def _nonneg(value, backend):
     # Python ints stay ints so that jax/torch see static shapes; TF graph
-    # tensors (unknown height/width) go through ops.
-    return max(value, 0) if isinstance(value, int) else ops.maximum(value, 0)
+    # tensors (unknown height/width) go through the backend's ops.
+    return max(value, 0) if isinstance(value, int) else backend.numpy.maximum(value, 0)
 
 
 @keras.saving.register_keras_serializable(package="keras_deit")
-class DeiTPreprocessing(keras.layers.Layer):
+class DeiTPreprocessing(DataLayer):
     """DeiT preprocessing inside a Keras model: resize, center crop, rescale, normalize.
 
-    Input: `(batch, height, width, 3)` uint8 or float images; height and
-    width may vary between calls (or be `None` in `keras.Input`), except
-    that `{"shortest_edge"}` resizing inside a TensorFlow graph (e.g.
-    `model.predict` on the TensorFlow backend) needs them to be known.
-    Output: float32 `(batch, crop_height, crop_width, 3)`.
+    Input: `(batch, height, width, 3)` or one `(height, width, 3)` uint8 or
+    float image; height and width may vary between calls (or be `None` in
+    `keras.Input`), except that `{"shortest_edge"}` resizing inside a
+    TensorFlow graph (e.g. `model.predict` on the TensorFlow backend) needs
+    them to be known. Output: float32 `(batch, crop_height, crop_width, 3)`
+    (or `(crop_height, crop_width, 3)`).
+
+    Like Keras' own preprocessing layers it runs inside `tf.data` (`map`,
+    before or after `batch`) on every backend: there it computes with
+    TensorFlow ops.
 
     Resizing uses `keras.ops.image.resize` (with antialiasing by default,
     as Pillow does when shrinking), so it is close to `DeiTImageProcessor`
@@ -82,14 +87,32 @@ class DeiTPreprocessing(keras.layers.Layer):
         self.interpolation = interpolation
         self.antialias = bool(antialias)
 
-    def call(self, images):
-        if len(images.shape) != 4:
+    def __call__(self, images, **kwargs):
+        # Inside tf.data Keras' DataLayer casts the input to float32 before `call`: the
+        # rounding rule of integer images is decided on the input as given.
+        dtype = getattr(images, "dtype", None)
+        if dtype is not None:
+            kwargs.setdefault("integer_input", "int" in keras.backend.standardize_dtype(dtype))
+        return super().__call__(images, **kwargs)
+
+    def call(self, images, integer_input=None):
+        b = self.backend
+        if len(images.shape) not in (3, 4):
             raise ValueError(
-                f"DeiTPreprocessing expects (batch, height, width, channels) images, "
-                f"got shape {tuple(images.shape)}."
+                f"DeiTPreprocessing expects (batch, height, width, channels) images or one "
+                f"(height, width, channels) image, got shape {tuple(images.shape)}."
             )
-        is_integer = "int" in keras.backend.standardize_dtype(images.dtype)
-        x = ops.cast(images, "float32")
+        if len(images.shape) == 3:
+            return self._preprocess(b.numpy.expand_dims(images, 0), integer_input)[0]
+        return self._preprocess(images, integer_input)
+
+    def _preprocess(self, images, integer_input):
+        """`call` on a (batch, height, width, channels) batch."""
+        b = self.backend
+        is_integer = integer_input
+        if is_integer is None:
+            is_integer = "int" in keras.backend.standardize_dtype(images.dtype)
+        x = b.cast(images, "float32")
         if self.size is not None:
             x = self._resize(x, is_integer)
         if self.crop_size is not None:
@@ -97,13 +120,14 @@ class DeiTPreprocessing(keras.layers.Layer):
         if self.rescale_factor is not None:
             x = x * self.rescale_factor
         if self.image_mean is not None:
-            mean = ops.convert_to_tensor(self.image_mean, "float32")
-            std = ops.convert_to_tensor(self.image_std, "float32")
+            mean = b.convert_to_tensor(self.image_mean, "float32")
+            std = b.convert_to_tensor(self.image_std, "float32")
             x = (x - mean) / std
         return x
 
     def _resize(self, x, is_integer):
-        shape = ops.shape(x)
+        b = self.backend
+        shape = b.shape(x)
         height, width = shape[1], shape[2]
         if "shortest_edge" in self.size:
             if not (isinstance(height, int) and isinstance(width, int)):
@@ -120,27 +144,30 @@ class DeiTPreprocessing(keras.layers.Layer):
             target = (self.size["height"], self.size["width"])
         if isinstance(height, int) and isinstance(width, int) and (height, width) == target:
             return x
-        x = ops.image.resize(
+        x = b.image.resize(
             x, target, interpolation=self.interpolation, antialias=self.antialias
         )
         if is_integer:
-            x = ops.clip(ops.round(x), 0.0, 255.0)
+            x = b.numpy.clip(b.numpy.round(x), 0.0, 255.0)
         return x
 
     def _center_crop(self, x):
-        shape = ops.shape(x)
+        b = self.backend
+        shape = b.shape(x)
         crop_h, crop_w = self.crop_size["height"], self.crop_size["width"]
-        pad_h, pad_w = _nonneg(crop_h - shape[1]), _nonneg(crop_w - shape[2])
+        pad_h, pad_w = _nonneg(crop_h - shape[1], b), _nonneg(crop_w - shape[2], b)
         if not (isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == pad_w == 0):
             # Extra row/column at the top/left, as the processor (transformers) pads.
             pad_height = [(pad_h + 1) // 2, pad_h // 2]
             pad_width = [(pad_w + 1) // 2, pad_w // 2]
-            x = ops.pad(x, [[0, 0], pad_height, pad_width, [0, 0]])
+            x = b.numpy.pad(x, [[0, 0], pad_height, pad_width, [0, 0]])
         top = (shape[1] + pad_h - crop_h) // 2
         left = (shape[2] + pad_w - crop_w) // 2
         return x[:, top : top + crop_h, left : left + crop_w, :]
 
     def compute_output_shape(self, input_shape):
+        if len(input_shape) == 3:
+            return self.compute_output_shape((None, *input_shape))[1:]
         batch, height, width, channels = input_shape
         if self.crop_size is not None:
             return (batch, self.crop_size["height"], self.crop_size["width"], channels)

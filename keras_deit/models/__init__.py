@@ -8,6 +8,9 @@ One module per role: `base` (`DeiTPreTrainedModel`), `backbone` (`DeiTModel`),
 `classification` (the two classifiers), `masked_image_modeling` (SimMIM).
 """
 
+# Registers `DeiTPreprocessing` (a model built with include_preprocessing holds one) with
+# Keras' deserializer, so that loading a .keras file needs `keras_deit.models` alone.
+import keras_deit.layers.preprocessing  # noqa: F401
 from keras_deit.models.backbone import DeiTModel
 from keras_deit.models.base import DATA_FORMATS, MODEL_CLASSES, DeiTPreTrainedModel
 from keras_deit.models.classification import (
