@@ -151,7 +151,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
         out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(folder)], check=True,
                              capture_output=True, text=True, env=dict(os.environ)).stdout
         images, peak_kb = (int(v) for v in out.split()[-2:])
-        assert images == count
+        assert images == count // 8 * 8  # full batches of 8
         peaks.append(peak_kb)
     # 270 more decoded 48x64 images would be ~2.5 MB; the decoded-in-memory reader held
     # every one (and its float copies). Allow noise, not growth with the folder.
