@@ -1,17 +1,19 @@
-"""The data side of DeiT's recipe (facebookresearch/deit `main.py`, timm's transforms), from
-Keras' own layers, usable inside `tf.data` on every backend.
+"""The data side of DeiT's recipe (facebookresearch/deit `main.py`, timm's transforms), usable
+inside `tf.data` on every backend.
 
 | deit / timm                                 | here                                              |
 |---|---|
-| `RandomResizedCropAndInterpolation` bicubic | `RandomResizedCrop` (ours: Keras has none)        |
-| horizontal flip 0.5                         | `keras.layers.RandomFlip("horizontal")`           |
-| `rand-m9-mstd0.5-inc1`                      | `keras.layers.RandAugment` (see `rand_augment`)   |
-| `RandomErasing(0.25, mode="pixel")`         | `keras.layers.RandomErasing` (see `random_erasing`)|
-| `Mixup` (mixup 0.8, cutmix 1.0, switch 0.5, smoothing 0.1) | `MixupCutmix` (ours, see below)    |
-| `RASampler` (3 repeats)                     | `repeated_augmentation` (tf.data)                 |
+| `RandomResizedCropAndInterpolation` bicubic | `crop_window` + `pil_bicubic` (`RandomResizedCrop`)|
+| horizontal flip 0.5                         | `DeiTImageTransform`                              |
+| `rand-m9-mstd0.5-inc1`                      | `rand_augment`                                    |
+| `RandomErasing(0.25, mode="pixel")`         | `erase_box` + `erase` (`RandomErasing`)           |
+| `Mixup` (mixup 0.8, cutmix 1.0, switch 0.5, smoothing 0.1) | `MixupCutmix`                      |
+| `RASampler` (3 repeats)                     | `keras_deit.image_folder.repeated_sample_indices`, |
+|                                             | `repeated_augmentation` (tf.data, in memory)      |
 
 The layers are Keras `DataLayer`s: inside `tf.data` they run with TensorFlow ops whatever the
-backend, and their randomness comes from a `keras.random.SeedGenerator`. The defaults come from
+backend, and their randomness comes from a `keras.random.SeedGenerator`; `DeiTImageTransform`
+draws statelessly from a seed per image. The defaults come from
 `keras_deit.recipe.DEIT_MAIN_DEFAULTS`.
 """
 
@@ -20,11 +22,12 @@ import math
 import keras
 import numpy as np
 
-from keras_deit.keras_internals import DataLayer  # Keras' tf.data-safe base (internal)
+from keras_deit.keras_internals import DataLayer, tensorflow_ops  # Keras internals
 from keras_deit.recipe import DEIT_MAIN_DEFAULTS
 
-# PIL's bicubic coefficient (timm resizes PIL images); PyTorch's tensors use -0.75.
-PIL_CUBIC_A = -0.5
+# The ops namespace of TensorFlow whatever the backend: tf.data runs TensorFlow ops.
+TF = tensorflow_ops()
+
 # torchvision's RandomResizedCrop: attempts before falling back to a centre crop.
 CROP_ATTEMPTS = 10
 
@@ -39,23 +42,73 @@ def _check_range(value, name, low=None, high=None):
     return tuple(float(v) for v in value)
 
 
+def crop_window(b, height, width, draws, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's `RandomResizedCrop.get_params` from uniform draws, any batch shape.
+
+    Up to 10 tries of an area fraction U(scale) and a log-uniform aspect ratio in `ratio`:
+    w = round(sqrt(area * r)), h = round(sqrt(area / r)); the first with 0 < w <= width and
+    0 < h <= height is cut at uniform integer offsets; if none fits, the centre crop of the
+    whole image with its ratio clamped to `ratio`.
+
+    Args:
+        b: the ops namespace (a layer's `self.backend`, or `TF` inside tf.data).
+        height, width: float32 image sides, shape (...).
+        draws: (..., 2 * CROP_ATTEMPTS + 2) uniforms in [0, 1).
+    Returns:
+        (top, left, crop_height, crop_width), int32, each of shape (...).
+    """
+    height, width = b.cast(height, "float32"), b.cast(width, "float32")
+    draws = b.convert_to_tensor(draws, "float32")
+    tries = draws[..., :CROP_ATTEMPTS]
+    area = (height * width)[..., None] * (scale[0] + (scale[1] - scale[0]) * tries)
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = b.numpy.exp(low + (high - low) * draws[..., CROP_ATTEMPTS:2 * CROP_ATTEMPTS])
+    w = b.numpy.round(b.numpy.sqrt(area * aspect))
+    h = b.numpy.round(b.numpy.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width[..., None]) & (h > 0) & (h <= height[..., None])
+    first = b.numpy.argmax(b.cast(fits, "int32"), axis=-1)  # 0 when nothing fits
+    pick = b.nn.one_hot(first, CROP_ATTEMPTS, dtype="float32")
+    w, h = b.numpy.sum(w * pick, axis=-1), b.numpy.sum(h * pick, axis=-1)
+    any_fits = b.numpy.any(fits, axis=-1)
+    # torchvision's fallback: the whole image, cut to the nearest allowed ratio.
+    in_ratio = width / height
+    fallback_w = b.numpy.where(in_ratio > ratio[1], b.numpy.round(height * ratio[1]), width)
+    fallback_h = b.numpy.where(in_ratio < ratio[0], b.numpy.round(width / ratio[0]), height)
+    w = b.numpy.where(any_fits, w, fallback_w)
+    h = b.numpy.where(any_fits, h, fallback_h)
+    offsets = draws[..., 2 * CROP_ATTEMPTS:]
+    top = b.numpy.floor(b.numpy.where(any_fits, offsets[..., 0] * (height - h + 1),
+                                      (height - h) / 2))
+    left = b.numpy.floor(b.numpy.where(any_fits, offsets[..., 1] * (width - w + 1),
+                                       (width - w) / 2))
+    return tuple(b.cast(v, "int32") for v in (top, left, h, w))
+
+
+def pil_bicubic(b, image, height, width):
+    """(batch, H, W, C) float in [0, 255] -> (batch, height, width, C) as PIL's bicubic resize:
+    the Keys kernel with a = -0.5, widened by the reduction factor when shrinking
+    (antialiased; TF's, JAX's and PyTorch's antialiased bicubic are this filter), clipped to
+    [0, 255]. Different: PIL resizes the width first and rounds to uint8 before the height
+    (one pass here, twice as fast: a level or two apart on photographs, more where the
+    kernel's overshoot at hard edges is clipped), and rounds the output (the fraction kept)."""
+    image = b.image.resize(image, (height, width), interpolation="bicubic", antialias=True)
+    return b.numpy.clip(image, 0.0, 255.0)
+
+
 @keras.saving.register_keras_serializable(package="keras_deit")
 class RandomResizedCrop(DataLayer):
     """A random crop of random area and aspect ratio, resized bicubically (torchvision's
-    `RandomResizedCrop` as timm uses it on PIL images).
+    `RandomResizedCrop` as timm uses it on PIL images): `crop_window`, then `pil_bicubic`.
 
-    Per image: up to 10 draws of an area fraction in `scale` and a log-uniform aspect ratio in
-    `ratio`; the first that fits is cut at a uniform position; if none fits, the centre crop of
-    the ratio clamped to `ratio`. The crop is resized with PIL's bicubic filter (A = -0.5,
-    widened by the reduction factor when shrinking, i.e. antialiased, as PIL does), written as
-    two per-image interpolation matrices, so that it is plain matrix products on every backend.
-    The output is clipped to `value_range` (PIL rounds to uint8, which clips too).
+    Same as deit on the window; the resize differs from PIL's only by PIL's rounding to uint8
+    (and float rounding). A batch of images is cropped image by image, so its size must be
+    known (in tf.data, map this layer over single images, as deit does).
 
     Args:
         height, width: ints, the output size.
         scale: (min, max) fraction of the image area (deit: (0.08, 1.0)).
         ratio: (min, max) aspect ratio width / height (deit: (3/4, 4/3)).
-        value_range: (min, max) of the pixel values, for the clip.
+        value_range: (min, max) of the pixel values; (0, 255) (PIL's range, for the clip).
         seed: optional int.
 
     Inputs: (batch, H, W, C) or (H, W, C), channels last, any float or int dtype.
@@ -74,57 +127,34 @@ class RandomResizedCrop(DataLayer):
         if self.ratio[0] <= 0:
             raise ValueError(f"`ratio` must be positive. Received: ratio={ratio!r}")
         self.value_range = _check_range(value_range, "value_range")
+        if self.value_range != (0.0, 255.0):
+            raise ValueError(f"`value_range` must be (0, 255), PIL's. Received: "
+                             f"value_range={value_range!r}; rescale after the crop.")
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
 
     def call(self, images):
         b = self.backend
-        unbatched = len(images.shape) == 3
         images = b.cast(images, self.compute_dtype)
-        if unbatched:
-            images = b.numpy.expand_dims(images, 0)
-        shape = b.shape(images)
-        batch = shape[0]
-        in_h, in_w = b.cast(shape[1], "float32"), b.cast(shape[2], "float32")
-        top, left, crop_h, crop_w = self._crop_boxes(batch, in_h, in_w)
-        rows = _pil_bicubic_matrix(b, top, crop_h, shape[1], self.height)  # (batch, out, H)
-        cols = _pil_bicubic_matrix(b, left, crop_w, shape[2], self.width)  # (batch, out, W)
-        rows, cols = b.cast(rows, self.compute_dtype), b.cast(cols, self.compute_dtype)
-        out = b.numpy.einsum("boh,bhwc->bowc", rows, images)
-        out = b.numpy.einsum("bpw,bowc->bopc", cols, out)
-        out = b.numpy.clip(out, self.value_range[0], self.value_range[1])
-        return out[0] if unbatched else out
+        if len(images.shape) == 3:
+            return self._crop_one(images, self._draws(()))
+        if not isinstance(images.shape[0], int):
+            raise ValueError("RandomResizedCrop needs a known batch size. Received: images of "
+                             f"shape {tuple(images.shape)}; map it over single images.")
+        draws = self._draws((images.shape[0],))
+        return b.numpy.stack([self._crop_one(images[i], draws[i])
+                              for i in range(images.shape[0])])
 
-    def _crop_boxes(self, batch, in_h, in_w):
-        """(top, left, height, width) of each image's crop, float32 pixels, shape (batch,)."""
+    def _draws(self, shape):
+        seed = self._get_seed_generator(self.backend._backend)
+        return self.backend.random.uniform((*shape, 2 * CROP_ATTEMPTS + 2), seed=seed)
+
+    def _crop_one(self, image, draws):
         b = self.backend
-        seed = self._get_seed_generator(b._backend)
-        draws = (batch, CROP_ATTEMPTS)
-        area = in_h * in_w * b.random.uniform(draws, self.scale[0], self.scale[1], seed=seed)
-        log_ratio = b.random.uniform(draws, math.log(self.ratio[0]), math.log(self.ratio[1]),
-                                     seed=seed)
-        aspect = b.numpy.exp(log_ratio)
-        w = b.numpy.round(b.numpy.sqrt(area * aspect))
-        h = b.numpy.round(b.numpy.sqrt(area / aspect))
-        fits = (w > 0) & (w <= in_w) & (h > 0) & (h <= in_h)
-        first = b.numpy.argmax(b.cast(fits, "int32"), axis=1)  # 0 when nothing fits
-        pick = b.nn.one_hot(first, CROP_ATTEMPTS, dtype="float32")
-        w, h = b.numpy.sum(w * pick, axis=1), b.numpy.sum(h * pick, axis=1)
-        any_fits = b.numpy.any(fits, axis=1)
-        # torchvision's fallback: the whole image, cut to the nearest allowed ratio.
-        in_ratio = in_w / in_h
-        fallback_w = b.numpy.where(in_ratio > self.ratio[1],
-                                   b.numpy.round(in_h * self.ratio[1]), in_w)
-        fallback_h = b.numpy.where(in_ratio < self.ratio[0],
-                                   b.numpy.round(in_w / self.ratio[0]), in_h)
-        w = b.numpy.where(any_fits, w, fallback_w)
-        h = b.numpy.where(any_fits, h, fallback_h)
-        offsets = b.random.uniform((batch, 2), 0.0, 1.0, seed=seed)
-        top = b.numpy.where(any_fits, b.numpy.floor(offsets[:, 0] * (in_h - h + 1)),
-                            b.numpy.round((in_h - h) / 2))
-        left = b.numpy.where(any_fits, b.numpy.floor(offsets[:, 1] * (in_w - w + 1)),
-                             b.numpy.round((in_w - w) / 2))
-        return top, left, h, w
+        shape = b.shape(image)
+        top, left, h, w = crop_window(b, shape[0], shape[1], draws, self.scale, self.ratio)
+        window = image[None, top:top + h, left:left + w]
+        return b.cast(pil_bicubic(b, window, self.height, self.width)[0], self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-3], self.height, self.width, input_shape[-1])
@@ -134,23 +164,6 @@ class RandomResizedCrop(DataLayer):
         config.update(height=self.height, width=self.width, scale=self.scale, ratio=self.ratio,
                       value_range=self.value_range, seed=self.seed)
         return config
-
-
-def _pil_bicubic_matrix(b, start, length, in_size, out_size):
-    """(batch, out_size, in_size) weights resizing [start, start + length) of an axis to
-    `out_size` as PIL's bicubic resize with a box does: taps at pixel centres, the kernel
-    widened by the reduction factor, rows normalised (taps outside the image dropped)."""
-    step = length / out_size  # (batch,)
-    support = b.numpy.maximum(step, 1.0)
-    centres = start[:, None] + (b.cast(b.numpy.arange(out_size), "float32")[None, :] + 0.5) \
-        * step[:, None]  # (batch, out)
-    pixels = b.cast(b.numpy.arange(in_size), "float32") + 0.5  # (in,)
-    x = b.numpy.abs(pixels[None, None, :] - centres[:, :, None]) / support[:, None, None]
-    a = PIL_CUBIC_A
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    weights = b.numpy.where(x < 1.0, near, b.numpy.where(x < 2.0, far, 0.0))
-    return weights / b.numpy.sum(weights, axis=-1, keepdims=True)
 
 
 def rand_augment_factor(magnitude=9, magnitude_std=0.5, max_magnitude=10):
@@ -185,20 +198,102 @@ def rand_augment(magnitude=9, magnitude_std=0.5, num_ops=2, seed=None):
     )
 
 
-def random_erasing(probability=DEIT_MAIN_DEFAULTS["reprob"], value_range=(-1.0, 1.0), seed=None):
-    """Keras' `RandomErasing` as deit's `RandomErasing(0.25, mode="pixel", max_count=1)`.
+# timm's RandomErasing: tries to fit a rectangle, its area and aspect ratio ranges.
+ERASE_ATTEMPTS = 10
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))
 
-    On normalised images, after normalisation (as deit). Same: probability per image, one
-    rectangle, per-pixel N(0, 1) noise ("pixel" mode), area up to 1/3. Different: Keras draws
-    each side as sqrt(U(0.02, 1/3)) of the image side, timm an area U(0.02, 1/3) with a
-    log-uniform aspect ratio in (0.3, 3.3) (10 attempts to fit); Keras clips the noise to
-    `value_range` (pass the normalised image's range).
+
+def erase_box(b, height, width, draws):
+    """timm's `RandomErasing` rectangle from uniform draws, any batch shape.
+
+    Up to 10 tries of an area U(0.02, 1/3) of the image and a log-uniform aspect ratio in
+    (0.3, 1/0.3): h = round(sqrt(area * ar)), w = round(sqrt(area / ar)); the first with
+    w < width and h < height is placed at uniform integer top/left; none fits: no box.
+
+    Args:
+        b: the ops namespace.
+        height, width: the image sides (python numbers or float32 tensors).
+        draws: (..., 2 * ERASE_ATTEMPTS + 2) uniforms in [0, 1).
+    Returns:
+        (top, left, box_height, box_width), float32 of shape (...); height 0 when none fits.
     """
-    # A (p, p) factor: Keras draws the probability uniformly in the factor's range.
-    return keras.layers.RandomErasing(
-        factor=(probability, probability), scale=(0.02, 1 / 3), fill_value=None,
-        value_range=value_range, seed=seed,
-    )
+    height, width = b.cast(height, "float32"), b.cast(width, "float32")
+    area = height * width * (ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0])
+                             * draws[..., :ERASE_ATTEMPTS])
+    low, high = ERASE_LOG_ASPECT
+    aspect = b.numpy.exp(low + (high - low) * draws[..., ERASE_ATTEMPTS:2 * ERASE_ATTEMPTS])
+    h = b.numpy.round(b.numpy.sqrt(area * aspect))
+    w = b.numpy.round(b.numpy.sqrt(area / aspect))
+    fits = (w < width) & (h < height)
+    pick = b.nn.one_hot(b.numpy.argmax(b.cast(fits, "int32"), axis=-1), ERASE_ATTEMPTS,
+                        dtype="float32")
+    any_fits = b.cast(b.numpy.any(fits, axis=-1), "float32")
+    h, w = b.numpy.sum(h * pick, axis=-1) * any_fits, b.numpy.sum(w * pick, axis=-1)
+    # random.randint(0, side - box) is inclusive of both ends.
+    top = b.numpy.floor(draws[..., 2 * ERASE_ATTEMPTS] * (height - h + 1))
+    left = b.numpy.floor(draws[..., 2 * ERASE_ATTEMPTS + 1] * (width - w + 1))
+    return top, left, h, w
+
+
+@keras.saving.register_keras_serializable(package="keras_deit")
+class RandomErasing(DataLayer):
+    """timm's `RandomErasing(probability, mode="pixel", max_count=1)`, as deit uses it after
+    normalisation: with `probability` per image, one `erase_box` rectangle filled with
+    unclipped per-pixel, per-channel N(0, 1) noise.
+
+    Args:
+        probability: float in [0, 1] (deit: 0.25).
+        seed: optional int.
+
+    Inputs: (batch, H, W, C) or (H, W, C) float images. Outputs: the same shape and dtype.
+    """
+
+    def __init__(self, probability=DEIT_MAIN_DEFAULTS["reprob"], seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
+            raise ValueError(f"`probability` must be in [0, 1]. Received: "
+                             f"probability={probability!r}")
+        self.probability = float(probability)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images):
+        b = self.backend
+        images = b.cast(images, self.compute_dtype)
+        seed = self._get_seed_generator(b._backend)
+        shape = b.shape(images)
+        batch = () if len(images.shape) == 3 else (shape[0],)
+        draws = b.random.uniform((*batch, 2 * ERASE_ATTEMPTS + 3), seed=seed)
+        noise = b.random.normal(shape, seed=seed, dtype=self.compute_dtype)
+        return erase(b, images, draws, noise, self.probability)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(probability=self.probability, seed=self.seed)
+        return config
+
+
+def erase(b, images, draws, noise, probability):
+    """`images` (..., H, W, C) with an `erase_box` of `noise` where draws[..., -1] <
+    `probability`; draws: (..., 2 * ERASE_ATTEMPTS + 3) uniforms."""
+    shape = b.shape(images)
+    top, left, h, w = erase_box(b, shape[-3], shape[-2], draws)
+    h = b.numpy.where(draws[..., -1] < probability, h, 0.0)
+    ys = b.cast(b.numpy.arange(shape[-3]), "float32")
+    xs = b.cast(b.numpy.arange(shape[-2]), "float32")
+    inside_y = (ys >= top[..., None]) & (ys < (top + h)[..., None])  # (..., H)
+    inside_x = (xs >= left[..., None]) & (xs < (left + w)[..., None])  # (..., W)
+    mask = inside_y[..., :, None, None] & inside_x[..., None, :, None]
+    return b.numpy.where(mask, b.cast(noise, images.dtype), images)
+
+
+def random_erasing(probability=DEIT_MAIN_DEFAULTS["reprob"], seed=None):
+    """deit's `RandomErasing(0.25, mode="pixel", max_count=1)`: a `RandomErasing` layer."""
+    return RandomErasing(probability, seed=seed)
 
 
 def smooth_labels(labels, num_classes, smoothing, backend=keras.ops):
@@ -280,10 +375,12 @@ class MixupCutmix(DataLayer):
                                    seed=seed)
         reversed_images = b.numpy.flip(images, axis=0)
         mask, box_lam = self._cutmix_box(b.shape(images), lam_cutmix, seed)
-        cut = b.numpy.where(mask[None, :, :, None], reversed_images, images)
-        mixed = images * lam_mixup + reversed_images * (1.0 - lam_mixup)
         lam = b.numpy.where(use_cutmix, box_lam, b.cast(lam_mixup, "float32"))
-        images = b.numpy.where(use_cutmix, cut, b.cast(mixed, self.compute_dtype))
+        # One of the two mixes is computed: each is a pass over the whole batch.
+        images = b.core.cond(
+            use_cutmix, lambda: b.numpy.where(mask[None, :, :, None], reversed_images, images),
+            lambda: b.cast(images * lam_mixup + reversed_images * (1.0 - lam_mixup),
+                           self.compute_dtype))
         targets = targets * lam + b.numpy.flip(targets, axis=0) * (1.0 - lam)
         return {"images": images, "labels": targets}
 
@@ -353,17 +450,87 @@ def repeated_augmentation(dataset, repeats=DEIT_MAIN_DEFAULTS["repeated_aug_repe
     return dataset.take(length).apply(tf.data.experimental.assert_cardinality(length))
 
 
-def deit_train_dataset(images, labels, num_classes, batch_size, image_size, mean, std,
-                       recipe="deit", seed=None):
-    """The training `tf.data.Dataset` of the DeiT recipe, on every backend.
-
-    "deit": repeated augmentation (3), then per image `RandomResizedCrop` (bicubic, scale
-    (0.08, 1), ratio (3/4, 4/3)), horizontal flip, RandAugment m9 mstd0.5, normalisation,
-    random erasing 0.25; per batch mixup 0.8 / cutmix 1.0 (switch 0.5) with label smoothing
-    0.1.
+class DeiTImageTransform:
+    """deit's per-image training transform for tf.data (TensorFlow ops on every backend):
+    `window` picks the `RandomResizedCrop` window from the image's size (so that a JPEG file
+    decodes only that window), `__call__` resizes the cut window bicubically to
+    `image_size`, flips it horizontally with probability 0.5, applies `rand_augment`,
+    normalises and applies `RandomErasing`. Draws are stateless, from a per-image seed pair.
 
     Args:
-        images: (n, H, W, 3) uint8 array, the images at the size to crop from.
+        image_size: int, the output side.
+        mean, std: 3 floats each, the normalisation on [0, 1] pixels.
+        seed: optional int for RandAugment (the other draws come from the per-image seeds).
+    """
+
+    def __init__(self, image_size, mean, std, seed=None):
+        self.image_size = image_size
+        self.mean, self.std = np.asarray(mean, "float32"), np.asarray(std, "float32")
+        self.augment = rand_augment(seed=seed)
+        self.erase_probability = DEIT_MAIN_DEFAULTS["reprob"]
+
+    def window(self, height, width, seed):
+        """(top, left, height, width) int32 scalars of the crop of a (height, width) image;
+        seed: a (2,) int tensor."""
+        import tensorflow as tf
+
+        draws = tf.random.stateless_uniform((2 * CROP_ATTEMPTS + 2,), seed)
+        return crop_window(TF, height, width, draws)
+
+    def __call__(self, window, seed):
+        """window: (h, w, 3) pixels in [0, 255]; seed: a (2,) int tensor. Returns
+        (image_size, image_size, 3) float32."""
+        import tensorflow as tf
+
+        seeds = tf.random.experimental.stateless_split(seed, 3)
+        image = pil_bicubic(TF, tf.cast(window, "float32")[None], self.image_size,
+                            self.image_size)[0]
+        image = tf.cast(tf.round(image), "uint8")  # timm's crop is a PIL (uint8) image
+        flip = tf.random.stateless_uniform((), seeds[0]) < 0.5
+        image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+        image = tf.cast(self.augment(image), "float32")
+        image = (image / 255.0 - self.mean) / self.std
+        draws = tf.random.stateless_uniform((2 * ERASE_ATTEMPTS + 3,), seeds[1])
+
+        def erased():  # noise for the box only (TF's normals are slow), placed by padding
+            size = self.image_size
+            top, left, h, w = (tf.cast(v, "int32") for v in erase_box(TF, size, size, draws))
+            noise = tf.random.stateless_normal(tf.stack([h, w, 3]), seeds[2])
+            noise = tf.pad(noise, [[top, size - top - h], [left, size - left - w], [0, 0]])
+            return erase(TF, image, draws, noise, self.erase_probability)
+
+        return tf.cond(draws[-1] < self.erase_probability, erased, lambda: image)
+
+
+def mixed_batches(dataset, num_classes, batch_size, seed=None):
+    """(image, label) elements -> batches of `batch_size` (the last incomplete one dropped,
+    deit's `drop_last`) through `MixupCutmix`, prefetched: (images, targets (batch,
+    num_classes) float32)."""
+    import tensorflow as tf
+
+    mix = MixupCutmix(num_classes, seed=seed)
+
+    def per_batch(images, labels):
+        mixed = mix({"images": images, "labels": labels})
+        return mixed["images"], mixed["labels"]
+
+    return (dataset.batch(batch_size, drop_remainder=True)
+            .map(per_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+
+
+def deit_train_dataset(images, labels, num_classes, batch_size, image_size, mean, std,
+                       recipe="deit", seed=None):
+    """The training `tf.data.Dataset` of the DeiT recipe from images in memory, on every
+    backend (`keras_deit.image_folder.ImageStream` streams a folder instead).
+
+    "deit": repeated augmentation (3), then per image `DeiTImageTransform` (RandomResizedCrop
+    of the image as given, bicubic, scale (0.08, 1), ratio (3/4, 4/3); horizontal flip;
+    RandAugment m9 mstd0.5; normalisation; random erasing 0.25); per batch mixup 0.8 /
+    cutmix 1.0 (switch 0.5) with label smoothing 0.1.
+
+    Args:
+        images: (n, H, W, 3) uint8 array (deit crops the original image: pass it
+            unresized where the sizes allow).
         labels: (n,) int array.
         num_classes: int.
         batch_size: int; the last incomplete batch is dropped (deit's `drop_last`).
@@ -377,30 +544,19 @@ def deit_train_dataset(images, labels, num_classes, batch_size, image_size, mean
     """
     import tensorflow as tf
 
-    mean, std = np.asarray(mean, "float32"), np.asarray(std, "float32")
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, "int32")))
     if recipe != "deit":
         raise ValueError(f"`recipe` must be 'deit'. Received: recipe={recipe!r}")
-    seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=5).tolist() \
-        if seed is not None else [None] * 5
-    crop = RandomResizedCrop(image_size, image_size, seed=seeds[0])
-    flip = keras.layers.RandomFlip("horizontal", seed=seeds[1])
-    augment = rand_augment(seed=seeds[2])
-    low, high = float(np.min(-mean / std)), float(np.max((1 - mean) / std))
-    erase = random_erasing(value_range=(low, high), seed=seeds[3])
-    mix = MixupCutmix(num_classes, seed=seeds[4])
+    transform = DeiTImageTransform(image_size, mean, std, seed=seed)
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, "int32")))
+    dataset = repeated_augmentation(dataset, seed=seed)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-    def per_image(image, label):
-        image = augment(flip(crop(image)))
-        image = (image / 255.0 - mean) / std
-        return erase(image), label
+    def per_image(element, seed_pair):
+        (image, label) = element
+        shape = tf.shape(image)
+        top, left, h, w = transform.window(shape[0], shape[1], seed_pair)
+        return transform(image[top:top + h, left:left + w], seed_pair), label
 
-    def per_batch(images, labels):
-        mixed = mix({"images": images, "labels": labels})
-        return mixed["images"], mixed["labels"]
-
-    dataset = repeated_augmentation(dataset, seed=seeds[0])
-    parallel = tf.data.AUTOTUNE
-    return (dataset.map(per_image, num_parallel_calls=parallel)
-            .batch(batch_size, drop_remainder=True).map(per_batch, num_parallel_calls=parallel)
-            .prefetch(tf.data.AUTOTUNE))
+    dataset = tf.data.Dataset.zip(dataset, seeds).map(per_image,
+                                                      num_parallel_calls=tf.data.AUTOTUNE)
+    return mixed_batches(dataset, num_classes, batch_size, seed=seed)

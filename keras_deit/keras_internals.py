@@ -6,6 +6,9 @@ Tested with Keras 3.15 (README, "Dependencies"). The internals, and why each is 
 
 - `keras.src...DataLayer`: the base of Keras' own tf.data-safe preprocessing layers (switches
   to TensorFlow ops inside tf.data on every backend); Keras exports no public one.
+- `DynamicBackend("tensorflow")`: the namespace of TensorFlow's implementation of Keras' ops
+  (`.numpy`, `.image`, `.random`, ...), which a DataLayer uses inside tf.data; our
+  augmentation computes with it outside a layer too (crop windows, erasing boxes).
 - `in_stateless_scope` / `get_autocast_scope`: whether a variable's stored tensor is what
   `Variable.value` would return (the PyTorch fast path of `kernels.read`); Keras exports no way
   to ask whether a scope is open. Fallback: "a scope may be open" (read `.value`).
@@ -27,6 +30,13 @@ Tested with Keras 3.15 (README, "Dependencies"). The internals, and why each is 
 # Keras exports no public base for layers that switch to TensorFlow ops inside tf.data on
 # every backend (its own RandAugment, MixUp, ... derive from this one).
 from keras.src.layers.preprocessing.data_layer import DataLayer  # noqa: F401  (used elsewhere)
+from keras.src.utils.backend_utils import DynamicBackend
+
+
+def tensorflow_ops():
+    """Keras' ops as TensorFlow implements them (`.numpy`, `.image`, `.random`, `.cast`, ...),
+    whatever the configured backend: what a DataLayer computes with inside tf.data."""
+    return DynamicBackend("tensorflow")
 
 try:
     from keras.src.losses.loss import scale_loss_for_distribution, unscale_loss_for_distribution

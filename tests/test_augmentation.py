@@ -30,10 +30,19 @@ def test_random_resized_crop_shapes_dtype_and_config():
         aug.RandomResizedCrop(8, 8, scale=(0.5, 0.1))
 
 
+def _photo(height, width, seed=1):
+    """A smooth pattern with mild noise, closer to a photograph than uniform noise is."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([128 + 90 * np.sin(xx / 7.0) * np.cos(yy / 11.0), (xx * 0.6) % 256,
+                      (yy * 0.8) % 256], -1)
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype("uint8")
+
+
 def test_random_resized_crop_of_the_whole_image_is_pil_bicubic():
     from PIL import Image
 
-    image = np.random.default_rng(1).integers(0, 256, (40, 40, 3)).astype("uint8")
+    image = _photo(40, 40)
     whole = aug.RandomResizedCrop(16, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0))
     ours = numpy(whole(image[None].astype("float32")))[0]
     pil = np.asarray(Image.fromarray(image).resize((16, 16), Image.Resampling.BICUBIC), "float32")
@@ -42,9 +51,25 @@ def test_random_resized_crop_of_the_whole_image_is_pil_bicubic():
     np.testing.assert_allclose(numpy(same(image.astype("float32"))), image, atol=1e-3)
 
 
-def test_crop_boxes_follow_scale_and_ratio():
-    crop = aug.RandomResizedCrop(8, 8, seed=3)
-    top, left, h, w = (numpy(v) for v in crop._crop_boxes(2000, 64.0, 64.0))
+@pytest.mark.parametrize("box", [(10, 20, 210, 170), (50, 40, 110, 90), (3, 7, 390, 290)])
+def test_pil_bicubic_of_a_window_is_pil_crop_then_resize(box):
+    # torchvision's resized_crop on PIL images: img.crop(box).resize(size, BICUBIC), shrinking
+    # (antialiased) and enlarging.
+    from PIL import Image
+
+    image = _photo(300, 400)
+    left, top, right, bottom = box
+    pil = np.asarray(Image.fromarray(image).crop(box).resize((96, 96), Image.Resampling.BICUBIC),
+                     "float32")
+    window = image[None, top:bottom, left:right].astype("float32")
+    ours = numpy(aug.pil_bicubic(ops, ops.convert_to_tensor(window), 96, 96))[0]
+    assert np.abs(ours - pil).max() <= 4.0 and np.abs(ours - pil).mean() < 0.5
+
+
+def test_crop_window_follows_scale_and_ratio_and_falls_back_to_the_centre():
+    draws = np.random.default_rng(3).random((2000, 2 * aug.CROP_ATTEMPTS + 2)).astype("float32")
+    top, left, h, w = (numpy(v).astype(float) for v in aug.crop_window(
+        ops, np.full(2000, 64.0, "float32"), np.full(2000, 64.0, "float32"), draws))
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= 64).all() and (left + w <= 64).all()
     area, ratio = h * w / 64.0**2, w / h
@@ -52,6 +77,44 @@ def test_crop_boxes_follow_scale_and_ratio():
     assert area.min() > 0.06 and area.max() <= 1.0
     assert ratio.min() > 0.7 and ratio.max() < 1.43
     assert 0.45 < area.mean() < 0.6  # uniform in (0.08, 1), less the draws that do not fit
+    # A 10 x 100 strip fits no draw of scale (0.9, 1): the centre crop of ratio 4/3.
+    window = aug.crop_window(ops, np.float32(10), np.float32(100), draws[0], scale=(0.9, 1.0))
+    assert [int(numpy(v)) for v in window] == [0, 43, 10, 13]
+
+
+def test_random_erasing_is_timms_box_and_unclipped_noise():
+    erase = aug.random_erasing(seed=0)
+    images = np.zeros((800, 16, 16, 3), "float32")
+    out = numpy(erase(images))
+    erased = np.abs(out).reshape(len(out), -1).max(-1) > 0
+    assert abs(erased.mean() - 0.25) < 0.05
+    boxes = out[erased] != 0
+    area = boxes[..., 0].mean((1, 2))
+    assert area.min() >= 0.01 and area.max() <= 1 / 3 + 0.05
+    assert (boxes == boxes[..., :1]).all()  # every channel of the box
+    noise = out[erased][boxes]
+    assert abs(noise.std() - 1.0) < 0.05 and np.abs(noise).max() > 2.5  # N(0, 1), unclipped
+    rows, cols = boxes[..., 0].any(2).sum(1), boxes[..., 0].any(1).sum(1)
+    assert (rows < 16).all() and (cols < 16).all()  # timm: fits if h < H and w < W
+    assert (rows * cols == boxes[..., 0].sum((1, 2))).all()  # one rectangle
+    assert aug.RandomErasing.from_config(erase.get_config()).probability == 0.25
+
+
+def test_deit_image_transform_is_a_function_of_its_seed():
+    import tensorflow as tf
+
+    transform = aug.DeiTImageTransform(24, [0.5] * 3, [0.5] * 3, seed=0)
+    transform.augment = lambda image: image  # RandAugment draws from its own generator
+    image = tf.constant(_photo(30, 40))
+    seed = tf.constant([1, 2], tf.int64)
+    top, left, h, w = (int(v) for v in transform.window(30, 40, seed))
+    assert 0 <= top <= 30 - h and 0 <= left <= 40 - w
+    window = image[top:top + h, left:left + w]
+    first, again = transform(window, seed).numpy(), transform(window, seed).numpy()
+    other = transform(window, tf.constant([1, 3], tf.int64)).numpy()
+    assert first.shape == (24, 24, 3) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
 
 
 def test_rand_augment_noise_matches_timm_mstd():
@@ -61,15 +124,6 @@ def test_rand_augment_noise_matches_timm_mstd():
     layer = aug.rand_augment(seed=0)
     assert isinstance(layer, keras.layers.RandAugment) and layer.num_ops == 2
     assert layer.factor == (low, high)
-
-
-def test_random_erasing_probability_and_noise():
-    erase = aug.random_erasing(value_range=(-1.0, 1.0), seed=0)
-    images = np.zeros((800, 8, 8, 3), "float32")
-    out = numpy(erase(images))
-    erased = np.abs(out).reshape(len(out), -1).max(-1) > 0
-    assert abs(erased.mean() - 0.25) < 0.05
-    assert out.min() >= -1.0 and out.max() <= 1.0
 
 
 def test_smoothing_floor_and_rows():

@@ -79,3 +79,11 @@ def test_loss_scaling_is_keras_own_and_one_replica_leaves_the_loss():
     loss = keras.ops.convert_to_tensor(3.0)
     assert float(keras.ops.convert_to_numpy(ki.scale_loss_for_distribution(loss))) == 3.0
     assert float(keras.ops.convert_to_numpy(ki.unscale_loss_for_distribution(loss))) == 3.0
+
+
+def test_tensorflow_ops_compute_with_tensorflow_on_every_backend():
+    import tensorflow as tf
+
+    tf_ops = ki.tensorflow_ops()
+    out = tf_ops.numpy.clip(tf_ops.convert_to_tensor([-1.0, 2.0]), 0.0, 1.0)
+    assert isinstance(out, tf.Tensor) and out.numpy().tolist() == [0.0, 1.0]
