@@ -30,7 +30,7 @@ def _blend(degenerate, image, factor):
     factor = tf.cast(factor, tf.float32)
     degenerate = tf.cast(degenerate, tf.float32)
     out = degenerate + factor * (tf.cast(image, tf.float32) - degenerate)
-    return tf.cast(tf.floor(tf.clip_by_value(out, 0.0, 255.0)), tf.uint8)
+    return tf.saturate_cast(out, tf.uint8)  # clips, then truncates as Pillow's cast
 
 
 def _luma(image):
@@ -159,39 +159,35 @@ def _affine(image, matrix, moves_x=True, moves_y=True):
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     ys = tf.range(tf.cast(height, tf.float64))[:, None] + 0.5
     xs = tf.range(tf.cast(width, tf.float64))[None, :] + 0.5
-    x_in, y_in = a * xs + b * ys + c, d * xs + e * ys + f
-    inside = ((x_in >= 0.0) & (x_in < tf.cast(width, tf.float64))
-              & (y_in >= 0.0) & (y_in < tf.cast(height, tf.float64)))
-    x_in, y_in = x_in - 0.5, y_in - 0.5
-    x0, y0 = tf.floor(x_in), tf.floor(y_in)
-    dx = tf.cast(x_in - x0, tf.float32)[..., None]
-    dy = tf.cast(y_in - y0, tf.float32)[..., None]
-    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
-    values = tf.cast(image, tf.float32)
-    if moves_x and moves_y:
-        flat = tf.reshape(values, [-1, 3])
-        rows = []
-        for j in range(-1, 3):
-            row = tf.clip_by_value(y0 + j, 0, height - 1) * width
-            taps = [tf.gather(flat, row + tf.clip_by_value(x0 + i, 0, width - 1))
-                    for i in range(-1, 3)]
-            rows.append(_cubic(*taps, dx))
-        out = _cubic(*rows, dy)
-    elif moves_x:  # each output row reads its own input row
-        taps = [tf.gather(values, tf.clip_by_value(x0 + i, 0, width - 1), axis=1, batch_dims=1)
-                for i in range(-1, 3)]
-        out = _cubic(*taps, dx)
-    else:  # each output column reads its own input column
-        columns = tf.transpose(values, [1, 0, 2])
-        rows = tf.transpose(y0, [1, 0])
-        taps = [tf.gather(columns, tf.clip_by_value(rows + i, 0, height - 1), axis=1,
-                          batch_dims=1) for i in range(-1, 3)]
-        out = tf.transpose(_cubic(*taps, tf.transpose(dy, [1, 0, 2])), [1, 0, 2])
+
+    def axis(start, size):
+        """Inside mask, first tap and fraction of one input coordinate (float64, as Pillow)."""
+        inside = (start >= 0.0) & (start < tf.cast(size, tf.float64))
+        start = start - 0.5
+        first = tf.floor(start)
+        return inside, tf.cast(first, tf.int32), tf.cast(start - first, tf.float32)[..., None]
+
+    # A coordinate the map keeps is the output's own: always inside, no fraction, so skipped.
+    inside_x, x0, dx = axis(a * xs + b * ys + c, width) if moves_x \
+        else (True, tf.range(width)[None, :], None)
+    inside_y, y0, dy = axis(d * xs + e * ys + f, height) if moves_y \
+        else (True, tf.range(height)[:, None], None)
+    inside = inside_x & inside_y
+    # One flat gather per tap: faster on CPUs than gathers along an axis or with batch_dims.
+    flat = tf.reshape(tf.cast(image, tf.float32), [-1, 3])
+    x_taps = [tf.clip_by_value(x0 + i, 0, width - 1) for i in range(-1, 3)] if moves_x \
+        else [tf.clip_by_value(x0, 0, width - 1)]
+    y_taps = [tf.clip_by_value(y0 + j, 0, height - 1) * width for j in range(-1, 3)] if moves_y \
+        else [tf.clip_by_value(y0, 0, height - 1) * width]
+    rows = []
+    for row in y_taps:
+        taps = [tf.gather(flat, row + column) for column in x_taps]
+        rows.append(_cubic(*taps, dx) if moves_x else taps[0])
+    out = _cubic(*rows, dy) if moves_y else rows[0]
     # Arithmetic rather than tf.where, whose broadcasting is slow on CPUs.
-    inside = tf.cast(inside, tf.float32)[..., None]
-    out = tf.floor(tf.clip_by_value(out, 0.0, 255.0)) * inside \
-        + tf.constant(FILL, tf.float32) * (1.0 - inside)
-    return tf.cast(out, tf.uint8)
+    inside = tf.cast(inside, tf.uint8)[..., None]
+    fill = (1 - inside) * tf.constant(FILL, tf.uint8)
+    return tf.saturate_cast(out, tf.uint8) * inside + fill  # saturate: clip, truncate
 
 
 def rotate(image, degrees):
@@ -292,8 +288,8 @@ def _check_uint8(images, ranks=(3, 4)):
     images = tf.convert_to_tensor(images)
     if images.dtype != tf.uint8 or images.shape.rank not in ranks or images.shape[-1] != 3:
         raise ValueError(f"`images` must be uint8 RGB of rank {' or '.join(map(str, ranks))} "
-                         f"(H, W, 3 last); cast and round first. Received: dtype={images.dtype.name}"
-                         f", shape={tuple(images.shape)}")
+                         f"(H, W, 3 last); cast and round first. "
+                         f"Received: dtype={images.dtype.name}, shape={tuple(images.shape)}")
     return images
 
 
