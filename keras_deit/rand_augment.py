@@ -27,10 +27,13 @@ _LUMA = (19595, 38470, 7471)
 
 def _blend(degenerate, image, factor):
     """Pillow's `Image.blend(degenerate, image, factor)`: float32 arithmetic, clipped, truncated."""
-    factor = tf.cast(factor, tf.float32)
+    factor = tf.cast(tf.cast(factor, tf.float32), tf.float64)
     degenerate = tf.cast(degenerate, tf.float32)
-    out = degenerate + factor * (tf.cast(image, tf.float32) - degenerate)
-    return tf.saturate_cast(out, tf.uint8)  # clips, then truncates as Pillow's cast
+    difference = tf.cast(tf.cast(image, tf.float32) - degenerate, tf.float64)
+    # The product is exact in float64 (24 x 9 bits), so its rounding to float32 is float32's
+    # product, which XLA then cannot fuse with the sum into one multiply-add (Pillow does not).
+    product = tf.cast(factor * difference, tf.float32)
+    return tf.saturate_cast(degenerate + product, tf.uint8)  # clips, truncates as Pillow's cast
 
 
 def _luma(image):
@@ -43,8 +46,9 @@ def _luma(image):
 def _histograms(image):
     """(3, 256) int32 counts of each channel's values."""
     values = tf.cast(image, tf.int32) + tf.range(3) * 256
-    return tf.reshape(tf.math.bincount(tf.reshape(values, [-1]), minlength=768, maxlength=768),
-                      [3, 256])
+    # A segment sum: XLA cannot compile tf.math.bincount.
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(values), values, 768)
+    return tf.reshape(counts, [3, 256])
 
 
 def _apply_luts(image, luts):
@@ -57,6 +61,14 @@ def _identity_lut():
     return tf.broadcast_to(tf.range(256), [3, 256])
 
 
+def _times(ix, value):
+    """Python's (float64) `ix * value` for integers `ix` in [0, 255], whatever fused
+    multiply-adds XLA makes: `value`'s high 37 bits and its low 16 bits each times `ix` are
+    exact, so any rounding of their sum is the rounded product."""
+    high = tf.bitcast(tf.bitwise.bitwise_and(tf.bitcast(value, tf.int64), ~0xFFFF), tf.float64)
+    return ix * high + ix * (value - high)
+
+
 def auto_contrast(image):
     """`ImageOps.autocontrast`: each channel's [lowest, highest] value stretched to [0, 255]."""
     present = _histograms(image) > 0
@@ -65,7 +77,7 @@ def auto_contrast(image):
                          tf.float64)[:, None]
     # float64 as Python's: ix * scale + offset lands on 255.0 exactly at ix = hi.
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    stretched = tf.range(256, dtype=tf.float64)[None, :] * scale + (-lo * scale)
+    stretched = _times(tf.range(256, dtype=tf.float64)[None, :], scale) - _times(lo, scale)
     luts = tf.where(hi > lo, tf.cast(tf.floor(tf.clip_by_value(stretched, 0.0, 255.0)),
                                      tf.int32), _identity_lut())
     return _apply_luts(image, luts)
@@ -136,9 +148,13 @@ def sharpness(image, factor):
     """`ImageEnhance.Sharpness`: blend with Pillow's SMOOTH filter (3x3 [1 1 1; 1 5 1; 1 1 1] / 13,
     rounded, border pixels kept)."""
     values = tf.cast(image, tf.float32)
-    kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]])
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    total = tf.nn.depthwise_conv2d(values[None], kernel, [1, 1, 1, 1], "VALID")[0]
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    # Nine shifted slices (integers: exact in any order) rather than a convolution, which XLA's
+    # CPU backend runs ~20x slower.
+    total = 4.0 * values[1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            total += values[dy:height - 2 + dy, dx:width - 2 + dx]
     change = tf.round(total / 13.0) - values[1:-1, 1:-1]
     return _blend(values + tf.pad(change, [[1, 1], [1, 1], [0, 0]]), image, factor)
 
@@ -313,28 +329,24 @@ def rand_augment_op(images, name, magnitude, sign=1):
     if sign not in (1, -1):
         raise ValueError(f"`sign` must be 1 or -1. Received: sign={sign!r}")
     images = _check_uint8(images)
-    magnitude, sign = tf.constant(magnitude, tf.float64), tf.constant(sign, tf.float64)
-    if name in _GEOMETRIC:
-        return _compiled_geometric(name)(images, magnitude, sign)
-    if images.shape.rank == 3:
-        return _run(images, name, magnitude, sign)
-    return tf.map_fn(lambda image: _run(image, name, magnitude, sign), images,
-                     fn_output_signature=tf.uint8)
+    return _compiled_op(name)(images, tf.constant(magnitude, tf.float64),
+                              tf.constant(sign, tf.float64))
 
 
-# The geometric ops run XLA-compiled: XLA fuses their dozens of elementwise steps (on whole
-# images) and gathers into a few loops. On CPUs, in a tf.data map of 224x224 images, that is
-# ~8x less CPU time for Rotate, ~3x for shears and translations (benchmarks/
-# rand_augment_speed.py --ops). The other ops stay plain TensorFlow: they are cheap, and XLA's
-# CPU backend always contracts a * b + c into fused multiply-adds, which moves the truncations
-# of their float32 (Pillow's) arithmetic; the bicubic here is in float64, as Pillow's.
-_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+# The ops and the policy run XLA-compiled: XLA fuses an op's dozens of elementwise steps (each
+# over the whole image) and gathers into a few loops, and its conditionals cost nothing next to
+# tf.switch_case's ~0.8 CPU-ms per call (16 branches). On CPUs, in a tf.data map of 224x224
+# images (shared, loaded machine): Rotate ~16 -> ~2-3.6 CPU-ms, shears and translations ~4 ->
+# ~1.5-2, the policy ~5-7 -> ~2.7-3 (benchmarks/rand_augment_speed.py --ops). XLA compiles once per image shape. Its CPU backend
+# always fuses a * b + c into one multiply-add, rounded once: where Pillow's two roundings
+# matter (blends, AutoContrast's table) the products are made exact (`_blend`, `_times`); the
+# bicubic is in float64 as Pillow's.
 _COMPILED = {}
 
 
-def _compiled_geometric(name):
+def _compiled_op(name):
     """`name`'s op as an XLA-compiled function of (images (H, W, 3) or (batch, H, W, 3) uint8,
-    magnitude float64, sign float64); compiled once per image shape."""
+    magnitude float64, sign float64)."""
     if name not in _COMPILED:
         def run(images, magnitude, sign):
             if images.shape.rank == 3:
@@ -345,21 +357,13 @@ def _compiled_geometric(name):
     return _COMPILED[name]
 
 
-def _run_fast(image, name, magnitude, sign):
-    """`_run`, XLA-compiled for the geometric ops."""
-    if name in _GEOMETRIC:
-        return _compiled_geometric(name)(image, tf.cast(magnitude, tf.float64),
-                                         tf.cast(sign, tf.float64))
-    return _run(image, name, magnitude, sign)
-
-
 class RandAugment:
     """timm's `RandAugment` for `rand-m{magnitude}-mstd{magnitude_std}-n{num_ops}-inc1`.
 
     Per image, `num_ops` times: an op drawn uniformly from the 15 (with replacement), run with
     probability 0.5, at its own magnitude ~ N(magnitude, magnitude_std) clipped to [0, 10] and a
     random sign; the image is uint8 after every op. Only the drawn op is computed
-    (`tf.switch_case`). Randomness from a `tf.random.Generator`, so
+    (`tf.switch_case`, XLA-compiled). Randomness from a `tf.random.Generator`, so
     it runs in `tf.data.map`.
 
     Args:
@@ -384,6 +388,7 @@ class RandAugment:
         self.num_ops, self.seed = num_ops, seed
         self.generator = (tf.random.Generator.from_non_deterministic_state() if seed is None
                           else tf.random.Generator.from_seed(seed))
+        self._compiled_apply = tf.function(self._apply, jit_compile=True)
 
     def __call__(self, image):
         image = _check_uint8(image, ranks=(3,))
@@ -395,10 +400,15 @@ class RandAugment:
             self.magnitude + self.magnitude_std * self.generator.normal([self.num_ops]),
             0.0, LEVEL_DENOM)
         signs = tf.where(draws[2] > 0.5, -1.0, 1.0)
+        return tf.ensure_shape(self._compiled_apply(image, ops, magnitudes, signs), image.shape)
+
+    def _apply(self, image, ops, magnitudes, signs):
+        """Runs op ops[i] (an OP_NAMES index; len(OP_NAMES): none) at magnitudes[i], signs[i]
+        (each (num_ops,)) on the (H, W, 3) uint8 image, in turn; only drawn ops are computed."""
         for i in range(self.num_ops):
-            branches = [lambda name=name: _run_fast(image, name, magnitudes[i], signs[i])
+            branches = [lambda name=name: _run(image, name, magnitudes[i], signs[i])
                         for name in OP_NAMES] + [lambda: image]
-            image = tf.ensure_shape(tf.switch_case(ops[i], branches), image.shape)
+            image = tf.switch_case(ops[i], branches)
         return image
 
     def get_config(self):
