@@ -334,13 +334,14 @@ def rand_augment_op(images, name, magnitude, sign=1):
 
 
 # The ops and the policy run XLA-compiled: XLA fuses an op's dozens of elementwise steps (each
-# over the whole image) and gathers into a few loops, and its conditionals cost nothing next to
-# tf.switch_case's ~0.8 CPU-ms per call (16 branches). On CPUs, in a tf.data map of 224x224
+# over the whole image) and gathers into a few loops. On CPUs, in a tf.data map of 224x224
 # images (shared, loaded machine): Rotate ~16 -> ~2-3.6 CPU-ms, shears and translations ~4 ->
-# ~1.5-2, the policy ~5-7 -> ~2.7-3 (benchmarks/rand_augment_speed.py --ops). XLA compiles once per image shape. Its CPU backend
-# always fuses a * b + c into one multiply-add, rounded once: where Pillow's two roundings
-# matter (blends, AutoContrast's table) the products are made exact (`_blend`, `_times`); the
-# bicubic is in float64 as Pillow's.
+# ~1.5-2, the policy ~5-7 -> ~2.7-3 (benchmarks/rand_augment_speed.py --ops). Most of the
+# policy's time is now its two 16-branch conditionals: ~2.5 CPU-ms per image even when every
+# draw is "no op" (it grows with the branches' size; it is not XLA's conditional code motion).
+# XLA compiles once per image shape. Its CPU backend always fuses a * b + c into one
+# multiply-add, rounded once: where Pillow's two roundings matter (blends, AutoContrast's
+# table) the products are made exact (`_blend`, `_times`); the bicubic is in float64 as Pillow's.
 _COMPILED = {}
 
 
