@@ -5,7 +5,7 @@ inside `tf.data` on every backend.
 |---|---|
 | `RandomResizedCropAndInterpolation` bicubic | `crop_window` + `pil_bicubic` (`RandomResizedCrop`)|
 | horizontal flip 0.5                         | `DeiTImageTransform`                              |
-| `rand-m9-mstd0.5-inc1`                      | `rand_augment`                                    |
+| `rand-m9-mstd0.5-inc1`                      | `rand_augment` (timm's, op for op)                |
 | `RandomErasing(0.25, mode="pixel")`         | `erase_box` + `erase` (`RandomErasing`)           |
 | `Mixup` (mixup 0.8, cutmix 1.0, switch 0.5, smoothing 0.1) | `MixupCutmix`                      |
 | `RASampler` (3 repeats)                     | `keras_deit.image_folder.repeated_sample_indices`, |
@@ -166,36 +166,25 @@ class RandomResizedCrop(DataLayer):
         return config
 
 
-def rand_augment_factor(magnitude=9, magnitude_std=0.5, max_magnitude=10):
-    """`keras.layers.RandAugment(factor=...)` closest to timm's `rand-m{magnitude}-mstd{std}`.
-
-    timm draws each op's magnitude from N(magnitude, std) clipped to [0, max], out of 10; Keras
-    draws it uniformly in `factor = (low, high)` out of 1. The uniform range returned has the
-    same mean and standard deviation: magnitude / max +- sqrt(3) * std / max, clipped to [0, 1]
-    (m9 mstd0.5 -> (0.813, 0.987)).
-    """
-    centre, spread = magnitude / max_magnitude, math.sqrt(3.0) * magnitude_std / max_magnitude
-    return max(0.0, centre - spread), min(1.0, centre + spread)
-
-
 def rand_augment(magnitude=9, magnitude_std=0.5, num_ops=2, seed=None):
-    """Keras' `RandAugment` set as close to deit's `rand-m9-mstd0.5-inc1` as it allows.
+    """timm's `rand-m{magnitude}-mstd{magnitude_std}-n{num_ops}-inc1` (deit's `--aa`): a
+    `keras_deit.rand_augment.RandAugment`, TensorFlow ops (imported here, when called).
 
-    On images in [0, 255]; apply it to single images (before batching), since Keras picks the
-    ops once per call. Same: 2 ops per image, the magnitude's mean and spread
-    (`rand_augment_factor`). Different, and not settable in Keras: timm applies each chosen op
-    with probability 0.5, Keras always; timm picks a random sign for rotation, shear and
-    translation, Keras draws in [0, factor] (one direction); Keras' scales are its layers'
-    (rotation `factor` x 360 degrees: up to ~355 degrees where timm's m9 is 27; translation a
-    fraction of the size; shear in [0, 1]) where timm's are 30 degrees, 0.45 x size and 0.3 at
-    magnitude 10; Keras has no Invert or SolarizeAdd, timm has no Keras-only op; Keras resizes
-    bilinearly where timm uses bilinear or bicubic at random.
+    On single uint8 (H, W, 3) images, before normalisation, eagerly or in `tf.data.map`: per
+    image `num_ops` of timm's 15 ops drawn with replacement, each run with probability 0.5 at a
+    magnitude ~ N(magnitude, magnitude_std) clipped to [0, 10], with a random sign.
     """
-    return keras.layers.RandAugment(
-        value_range=(0, 255), num_ops=num_ops,
-        factor=rand_augment_factor(magnitude, magnitude_std), interpolation="bilinear",
-        seed=seed,
-    )
+    from keras_deit.rand_augment import RandAugment
+
+    return RandAugment(magnitude, magnitude_std, num_ops, seed)
+
+
+def rand_augment_op(images, name, magnitude, sign=1):
+    """One of timm's RandAugment ops on uint8 (H, W, 3) or (batch, H, W, 3) images:
+    `keras_deit.rand_augment.rand_augment_op` (TensorFlow ops, imported here, when called)."""
+    from keras_deit.rand_augment import rand_augment_op as run_op
+
+    return run_op(images, name, magnitude, sign)
 
 
 # timm's RandomErasing: tries to fit a rectangle, its area and aspect ratio ranges.
