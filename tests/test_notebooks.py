@@ -23,6 +23,7 @@ EXPECTED = [
     "03_distillation.ipynb",
     "04_masked_image_modeling.ipynb",
     "05_export.ipynb",
+    "06_training_recipe.ipynb",
 ]
 pytestmark = pytest.mark.slow  # every notebook runs for minutes
 
