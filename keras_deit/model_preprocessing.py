@@ -12,6 +12,7 @@ import warnings
 import weakref
 
 import keras
+import numpy as np
 
 from keras_deit import presets
 from keras_deit.image_processing import CONFIG_NAME, DeiTImageProcessor
@@ -73,9 +74,12 @@ def resolve(value, config, interpolate_pos_encoding):
             f"Received: include_preprocessing of type {type(value).__name__}."
         )
     crop = processor.crop_size
-    if not interpolate_pos_encoding and (
-            not processor.do_center_crop or (crop["height"], crop["width"]) != config.image_hw):
-        got = f"{crop['height']}x{crop['width']}" if processor.do_center_crop else "no crop"
+    # The image the model sees: the crop, or without one the resize to (height, width).
+    size = processor.size if not processor.do_center_crop and processor.do_resize else {}
+    seen = ((crop["height"], crop["width"]) if processor.do_center_crop
+            else (size.get("height"), size.get("width")))
+    if not interpolate_pos_encoding and seen != config.image_hw:
+        got = f"{seen[0]}x{seen[1]}" if None not in seen else "no crop"
         raise ValueError(
             f"The preprocessing must crop to the model's image size {config.image_hw}. "
             f"Received: {got}. Pass a processor with that crop_size, or build the model with "
@@ -100,19 +104,52 @@ def raw_images_input(preprocessing, config, data_format):
 
 
 def warn_if_raw_images(model, pixel_values):
-    """Warns once per model when a model without preprocessing receives uint8 images."""
+    """Warns once per model when a model without preprocessing receives raw images: uint8, or
+    float values of 0-255 pixels (what `keras.utils.image_dataset_from_directory` yields) in a
+    NumPy array or an eager tensor (symbolic tensors and datasets are not read)."""
     dtype = getattr(pixel_values, "dtype", None)
     if dtype is None or model in _warned:
         return
-    if keras.backend.standardize_dtype(dtype) == "uint8":
-        _warned.add(model)
-        warnings.warn(
-            f"{type(model).__name__} received uint8 images, but it takes preprocessed float "
-            "pixel values: preprocess them with DeiTImageProcessor, or build the model with "
-            "include_preprocessing=True (from_pretrained(source, include_preprocessing=True)) "
-            "to take raw images.",
-            stacklevel=3,
-        )
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == "uint8":
+        received = "uint8 images"
+    elif "float" in dtype and _looks_like_0_255(pixel_values):
+        received = "float images of 0-255 pixel values"
+    else:
+        return
+    _warned.add(model)
+    warnings.warn(
+        f"{type(model).__name__} received {received}, but it takes preprocessed float "
+        "pixel values: preprocess them with DeiTImageProcessor, or build the model with "
+        "include_preprocessing=True (from_pretrained(source, include_preprocessing=True)) "
+        "to take raw images.",
+        stacklevel=3,
+    )
+
+
+# Normalised pixels stay within a few units of 0 (ImageNet statistics: -2.2 to 2.7; random
+# erasing's N(0, 1) noise rarely passes 5); 0-255 images of anything but a black frame pass 20.
+RAW_PIXEL_THRESHOLD = 20.0
+
+
+def _looks_like_0_255(pixel_values):
+    if isinstance(pixel_values, np.ndarray):
+        values = pixel_values
+    else:
+        try:  # an eager tensor; a symbolic one (inside a traced step) is not read
+            values = keras.ops.convert_to_numpy(pixel_values)
+        except Exception:  # noqa: BLE001  (each backend raises its own tracer error)
+            return False
+    return values.size > 0 and float(np.max(values)) > RAW_PIXEL_THRESHOLD
+
+
+def with_preprocessing(model, preprocessing):
+    """The same model (same weights) built with `include_preprocessing=preprocessing` (anything
+    `resolve` takes): it then takes raw uint8 images of any size."""
+    config = dict(model.get_config(), include_preprocessing=preprocessing)
+    rebuilt = type(model).from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def split(model):

@@ -99,6 +99,38 @@ def test_a_model_without_it_warns_once_on_uint8_images(models):
     assert len(named) == 1
 
 
+def test_a_model_without_it_warns_once_on_float_0_255_images(checkpoint):
+    plain = kd.DeiTForImageClassificationWithTeacher.from_pretrained(checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain.predict(_images((32, 32)).astype("float32") / 255.0 * 2 - 1, verbose=0)  # fine
+        plain.predict(_images((32, 32)).astype("float32"), verbose=0)
+        plain.predict(_images((32, 32)).astype("float32"), verbose=0)
+    named = [str(w.message) for w in caught if "include_preprocessing=True" in str(w.message)]
+    assert len(named) == 1 and "float images of 0-255 pixel values" in named[0]
+
+
+def test_from_pretrained_of_a_trained_keras_file_with_preprocessing(models, tmp_path):
+    """`keras-deit train`'s output (a .keras file beside its preprocessor_config.json) loads
+    with include_preprocessing=True, taking raw images."""
+    _, plain, processor = models
+    plain.save(str(tmp_path / "model.keras"))
+    processor.save_pretrained(str(tmp_path))
+    cls = kd.DeiTForImageClassificationWithTeacher
+    inside = cls.from_pretrained(str(tmp_path / "model.keras"), include_preprocessing=True)
+    assert inside.input.dtype == "uint8"
+    images = _images((36, 36))
+    expected = plain.predict(processor(images)["pixel_values"], verbose=0)["logits"]
+    assert _max_abs(inside.predict(images, verbose=0)["logits"], expected) <= 1e-5
+    with pytest.raises(ValueError, match=r"takes no options but include_preprocessing.*"
+                                         r"\['num_labels'\]"):
+        cls.from_pretrained(str(tmp_path / "model.keras"), num_labels=2)
+    # A resize to the model's size without a crop (the train command's digits processor).
+    resize_only = kd.DeiTImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
+    model = cls.from_pretrained(str(tmp_path / "model.keras"), include_preprocessing=resize_only)
+    assert model.predict(_images((50, 40)), verbose=0)["logits"].shape == (2, 5)
+
+
 def test_bad_options_and_inputs_are_one_line(models):
     inside, _, _ = models
     config = inside.config

@@ -403,11 +403,18 @@ def _load_keras_file(cls, path, kwargs):
     """`from_pretrained` of a .keras file: the saved model itself, if it is a `cls`."""
     from keras_deit.saving import load_model
 
+    preprocessing = kwargs.pop("include_preprocessing", None)
     if kwargs:
-        raise ValueError(f"from_pretrained of a .keras file takes no options; it loads the saved "
-                         f"model as it is. Received: {sorted(kwargs)} for {path}")
+        raise ValueError(f"from_pretrained of a .keras file takes no options but "
+                         f"include_preprocessing; it loads the saved model as it is. Received: "
+                         f"{sorted(kwargs)} for {path}")
     model = load_model(path)
     if not isinstance(model, cls):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}: load it "
                          f"with {type(model).__name__}.from_pretrained or keras_deit.load_model.")
+    if preprocessing and not getattr(model, "include_preprocessing", None):
+        if preprocessing is True:  # the processor saved beside it (`keras-deit train` writes it)
+            folder = os.path.dirname(os.path.abspath(path))
+            preprocessing = model_preprocessing.processor_for(folder, None, model.config)
+        model = model_preprocessing.with_preprocessing(model, preprocessing)
     return model
