@@ -133,14 +133,13 @@ RAW_PIXEL_THRESHOLD = 20.0
 
 
 def _looks_like_0_255(pixel_values):
-    if isinstance(pixel_values, np.ndarray):
-        values = pixel_values
-    else:
-        try:  # an eager tensor; a symbolic one (inside a traced step) is not read
-            values = keras.ops.convert_to_numpy(pixel_values)
-        except Exception:  # noqa: BLE001  (each backend raises its own tracer error)
-            return False
-    return values.size > 0 and float(np.max(values)) > RAW_PIXEL_THRESHOLD
+    try:  # a NumPy array or an eager tensor; a symbolic one or a spec is not read
+        values = np.asarray(pixel_values if isinstance(pixel_values, np.ndarray)
+                            else keras.ops.convert_to_numpy(pixel_values))
+    except Exception:  # noqa: BLE001  (each backend raises its own tracer error)
+        return False
+    return values.dtype.kind == "f" and values.size > 0 and float(np.max(values)) > \
+        RAW_PIXEL_THRESHOLD
 
 
 def with_preprocessing(model, preprocessing):
