@@ -1,11 +1,15 @@
 """keras-deit: DeiT (Data-efficient Image Transformers) for Keras 3 on TensorFlow, JAX and PyTorch.
 
-The public names below are imported on first use (`kd.DeiTModel` imports `keras_deit.models`),
-so that `import keras_deit` and the `keras-deit` command's argument parsing import no Keras
-backend; a command imports one only when it runs.
+`import keras_deit` registers every model and layer with Keras' deserializer, so that
+`keras.saving.load_model` reads our .keras files, as it always did. The one exception is the
+`keras-deit` command (and `python -m keras_deit...`): there the public names below are imported
+on first use, so that its argument parsing imports no Keras backend and `--help` or a bad
+argument answers at once; a command imports one only when it runs.
 """
 
 import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -61,3 +65,14 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _launched_as_a_command():
+    """Whether this process is the `keras-deit` console script or `python -m keras_deit...`
+    (sys.argv[0] is "-m" while the package of a `-m` module is imported)."""
+    launcher = sys.argv[0] if sys.argv else ""
+    return os.path.basename(launcher) in ("keras-deit", "keras-deit.exe") or launcher == "-m"
+
+
+if not _launched_as_a_command():
+    import keras_deit.models  # noqa: E402,F401  registers the models and their layers

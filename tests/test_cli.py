@@ -124,6 +124,7 @@ def test_parsing_and_argument_errors_import_no_backend(tmp_path):
     """--help and bad arguments answer before Keras (or TensorFlow) is imported."""
     code = """
 import sys
+sys.argv[0] = "keras-deit"  # as the console script runs: the package imports names lazily
 from keras_deit.cli import main
 import keras_deit as kd
 codes = []
@@ -186,3 +187,16 @@ def test_tensorflow_log_lines_are_recognized():
     assert not any(is_tf_log_line(line) for line in (
         "keras-deit: error: no such image: x.png", "Traceback (most recent call last):",
         "warning: guessed 3 heads", "I0000 is not a log line without its time"))
+
+
+def test_import_keras_deit_registers_the_models_for_keras_load_model(tmp_path):
+    """Outside the command, `import keras_deit` registers every model and layer, so that Keras'
+    own `load_model` reads our files (the console script alone imports names lazily)."""
+    code = """
+import sys
+import keras_deit
+print("keras_deit.models" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "True", result.stderr[-2000:]

@@ -303,18 +303,20 @@ LEGACY = os.path.join(DATA, "legacy_0_1_0")
 
 
 def test_keras_files_of_the_previous_release_load_with_identical_outputs():
-    # The outputs keras-deit 0.1.0 computed from these files on this backend.
+    # The outputs keras-deit 0.1.0 computed from these files on this backend, on another CPU
+    # (AMD EPYC): this machine's kernels (another vector unit, e.g. AMX) round the same float32
+    # products differently, ~4e-8 here, so equal means equal to float32 rounding.
     reference = np.load(os.path.join(LEGACY, f"reference_{keras.backend.backend()}.npz"))
     x = reference["pixel_values"]
     model = keras.saving.load_model(os.path.join(LEGACY, "with_teacher.keras"))
-    assert max_abs_diff(model(x)["logits"], reference["with_teacher_logits"]) == 0
+    assert max_abs_diff(model(x)["logits"], reference["with_teacher_logits"]) <= 1e-6
 
     with open(os.path.join(LEGACY, "masked_image_modeling.config.json")) as f:
         mim = kd.DeiTForMaskedImageModeling.from_config(json.load(f))
     mim.load_weights(os.path.join(LEGACY, "masked_image_modeling.weights.h5"))
     out = mim({"pixel_values": x, "bool_masked_pos": reference["bool_masked_pos"]})
     assert max_abs_diff(out["reconstruction"],
-                        reference["masked_image_modeling_reconstruction"]) == 0
+                        reference["masked_image_modeling_reconstruction"]) <= 1e-6
 
 
 def test_a_legacy_file_of_another_architecture_is_named(tmp_path):
