@@ -213,7 +213,7 @@ def test_from_pretrained_of_a_keras_file_checks_the_class_and_options(setup):
     assert kd.DeiTPreTrainedModel.from_pretrained(setup["model"]).config.num_labels == 3
 
 
-def test_the_defaults_learn_an_easy_folder(tmp_path, capsys):
+def test_the_defaults_learn_an_easy_folder(tmp_path, capsys, recwarn):
     """`keras-deit train DATA OUT.keras` with no option: a fine-tune of the built-in model that
     learns three classes of coloured shapes (chance is 1/3)."""
     spec = importlib.util.spec_from_file_location(
@@ -230,3 +230,6 @@ def test_the_defaults_learn_an_easy_folder(tmp_path, capsys):
     accuracy = float(re.search(r"validation accuracy on 24 images: logits ([0-9.]+)",
                                printed).group(1))
     assert accuracy >= 0.75, printed
+    # Not a terminal: Keras' one line per epoch, no progress bar and no colour codes.
+    assert "\x1b[" not in printed and "Epoch 10/10" in printed
+    assert not [w for w in recwarn if "shuffle" in str(w.message)]  # fit's own warning
