@@ -42,8 +42,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 
 import keras_deit as kd  # noqa: E402
-from keras_deit.distillation import DeiTDistiller  # noqa: E402
-from keras_deit.training import deit_adamw  # noqa: E402
+from keras_deit.training.distillation import DeiTDistiller  # noqa: E402
+from keras_deit.training.fine_tuning import deit_adamw  # noqa: E402
 
 IMAGE_SIZE = 32
 EXAMPLE_SIZE = 64

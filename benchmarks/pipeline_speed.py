@@ -59,7 +59,7 @@ def _rate(batches):
 def ours(root, source, size, batch_size, rand_augment=True):
     """images/s of one epoch of keras-deit's DeiT pipeline (3 repeats: the epoch has as many
     samples as files)."""
-    from keras_deit import augmentation, image_folder
+    from keras_deit.training import augmentation, image_folder
 
     paths, labels, names = image_folder.index_image_folder(root)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -1,4 +1,4 @@
-"""Throughput of `keras_deit.augmentation.rand_augment()` (timm's rand-m9-mstd0.5-inc1 in
+"""Throughput of `keras_deit.training.augmentation.rand_augment()` (timm's rand-m9-mstd0.5-inc1 in
 TensorFlow ops) on 224x224 uint8 images in a `tf.data` map (num_parallel_calls=AUTOTUNE),
 beside an identity map and `keras.layers.RandAugment`, then each op alone at magnitude 9
 (`--ops`); images/s and process CPU-ms per image (the machine may be shared: CPU time is the
@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_deit.augmentation import rand_augment, rand_augment_op
-from keras_deit.rand_augment import OP_NAMES
+from keras_deit.training.augmentation import rand_augment, rand_augment_op
+from keras_deit.training.rand_augment import OP_NAMES
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (64, 224, 224, 3), dtype=np.uint8)
 

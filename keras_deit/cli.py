@@ -19,7 +19,7 @@ import sys
 from keras_deit.backend_logs import import_backend
 from keras_deit.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
 from keras_deit.export.common import check_format, check_output, require  # no Keras
-from keras_deit.recipe import DISTILLATION_CHOICES, RECIPES  # no Keras
+from keras_deit.training.recipe import DISTILLATION_CHOICES, RECIPES  # no Keras
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -84,7 +84,7 @@ def _parser():
         help="fine-tune (or train from scratch) a classifier on a folder of class folders",
         description="Train a DeiT classifier on DATA_DIR/<class>/<images> with the DeiT recipe "
         "(or a light one), optionally distilling a teacher; a checkpoint every epoch, "
-        "--resume, CSV logs. See keras_deit/fine_tuning.py.",
+        "--resume, CSV logs. See keras_deit/training/command.py.",
     )
     add_train_arguments(train)
 
@@ -111,7 +111,7 @@ def main(argv=None):
             return export_command(args)  # checks its arguments before importing Keras
         if args.command == "train":
             import_backend(args.verbose, with_tensorflow=True)
-            from keras_deit.fine_tuning import train_command
+            from keras_deit.training.command import train_command
 
             return train_command(args)
         if args.top_k < 1:

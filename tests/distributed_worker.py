@@ -3,7 +3,7 @@
     python tests/distributed_worker.py OUT.npz [LOGICAL_CPUS [JOIN_TIMEOUT [STEP_SLEEP]]]
 
 Trains a tiny DeiT (no dropout, no drop path) for 2 epochs of 2 steps at a global batch of 8
-on fixed data, inside `keras_deit.distribution.configure()`'s cluster (read from the
+on fixed data, inside `keras_deit.training.distribution.configure()`'s cluster (read from the
 KERAS_DISTRIBUTION_* variables), each process feeding its own rows of every global batch.
 The chief writes OUT.npz (losses, weights, describe()); the others write OUT.<index>.npz.
 """
@@ -30,7 +30,7 @@ def main(out, logical_cpus=1, join_timeout=30, step_sleep=0.0):
     from helpers import tiny_config
 
     import keras_deit as kd
-    from keras_deit.distribution import configure
+    from keras_deit.training.distribution import configure
 
     cluster = configure(initialization_timeout=join_timeout, heartbeat_timeout=5)
     print(cluster.describe(), flush=True)

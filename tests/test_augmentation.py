@@ -1,4 +1,4 @@
-"""The DeiT data recipe (`keras_deit.augmentation`): each transform's contract, and `fit` on the
+"""The DeiT data recipe (`keras_deit.training.augmentation`): each transform's contract, and `fit` on the
 tf.data pipeline, on the current backend."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import keras_deit as kd
-from keras_deit import augmentation as aug
+from keras_deit.training import augmentation as aug
 
 
 def numpy(x):

@@ -7,7 +7,7 @@ import pytest
 
 import keras_deit as kd
 from helpers import max_abs_diff, small_config, to_numpy
-from keras_deit.distillation import (
+from keras_deit.training.distillation import (
     DeiTDistiller,
     distillation_loss,
     hard_distillation_loss,

@@ -1,4 +1,4 @@
-"""keras_deit.distribution: several devices and processes train like one (same global batch),
+"""keras_deit.training.distribution: several devices and processes train like one (same global batch),
 and every fault ends in one clear line. The multi-device and multi-process runs happen in
 subprocesses (tests/distributed_worker.py): device counts and `jax.distributed` are fixed per
 process. Every subprocess is killed, with its process group, on a timeout."""
@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_deit import distribution
+from keras_deit.training import distribution
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
 ROOT = os.path.dirname(os.path.dirname(WORKER))

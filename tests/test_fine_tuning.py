@@ -1,4 +1,4 @@
-"""`keras-deit train` (keras_deit.fine_tuning): a folder of class folders in, a model that
+"""`keras-deit train` (keras_deit.training.command): a folder of class folders in, a model that
 predict, export and from_pretrained load out; checkpoints, resume, Ctrl-C, bad input."""
 
 import csv
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import keras_deit as kd
-from keras_deit import fine_tuning
+from keras_deit.training import command as fine_tuning
 from keras_deit.cli import main
 from keras_deit.saving import load_model
 

@@ -1,4 +1,4 @@
-"""`keras_deit.image_folder`: the folder index, deit's RASampler order, and the tf.data stream
+"""`keras_deit.training.image_folder`: the folder index, deit's RASampler order, and the tf.data stream
 (skips, pixel limit, memory that does not grow with the folder), on the current backend."""
 
 import os
@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from keras_deit import image_folder as imf
+from keras_deit.training import image_folder as imf
 
 
 def _jpegs(folder, classes, per_class, size=(12, 16), seed=0):
@@ -86,7 +86,7 @@ def test_the_union_over_ranks_covers_every_image():
 
 def _without_rand_augment(monkeypatch):
     # Keras' RandAugment is the slow part of the stream and plays no part in these tests.
-    from keras_deit import augmentation
+    from keras_deit.training import augmentation
 
     monkeypatch.setattr(augmentation, "rand_augment", lambda seed=None: (lambda image: image))
 
@@ -134,7 +134,7 @@ def test_validation_stream_is_the_processor(tmp_path):
 
 MEMORY_SCRIPT = """
 import resource, sys
-from keras_deit import augmentation, image_folder as imf
+from keras_deit.training import augmentation, image_folder as imf
 augmentation.rand_augment = lambda seed=None: (lambda image: image)  # fast; the same for any N
 paths, labels, names = imf.index_image_folder(sys.argv[1])
 stream = imf.deit_stream(paths, labels, len(names), 8, 16, [0.5] * 3, [0.5] * 3, seed=0)

@@ -10,7 +10,7 @@ import pytest
 import keras_deit as kd
 from helpers import max_abs_diff, small_config, to_numpy
 from keras_deit.masking import MaskGenerator
-from keras_deit.training import transfer_backbone_weights
+from keras_deit.training.fine_tuning import transfer_backbone_weights
 
 
 def check_masks(masks, generator):

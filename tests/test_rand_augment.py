@@ -1,4 +1,4 @@
-"""timm's RandAugment in TensorFlow ops (`keras_deit.rand_augment`): every op against timm's own
+"""timm's RandAugment in TensorFlow ops (`keras_deit.training.rand_augment`): every op against timm's own
 output (tests/data/timm_augment, see /work/shared/fixtures/README.md), the policy's statistics
 against timm's (policy_stats.json, made by make_policy_stats.py there), and the bad inputs.
 TensorFlow ops on every Keras backend."""
@@ -11,8 +11,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from keras_deit import augmentation as aug  # noqa: E402
-from keras_deit.rand_augment import OP_NAMES, RandAugment  # noqa: E402
+from keras_deit.training import augmentation as aug  # noqa: E402
+from keras_deit.training.rand_augment import OP_NAMES, RandAugment  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "timm_augment")
 FIXTURE = np.load(os.path.join(DATA, "rand_augment_ops.npz"))

@@ -1,10 +1,10 @@
-"""The DeiT recipe's pieces (`keras_deit.recipe`) against facebookresearch/deit `main.py`."""
+"""The DeiT recipe's pieces (`keras_deit.training.recipe`) against facebookresearch/deit `main.py`."""
 
 import numpy as np
 import pytest
 
 from helpers import to_numpy
-from keras_deit.recipe import (
+from keras_deit.training.recipe import (
     DEIT_MAIN_DEFAULTS,
     FINE_TUNE_DEFAULTS,
     deit_learning_rate_schedule,

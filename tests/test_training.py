@@ -1,4 +1,4 @@
-"""Training with `model.fit` (and keras_deit.training): Keras losses and metrics, fine-tuning, the recipe's
+"""Training with `model.fit` (and keras_deit.training.fine_tuning): Keras losses and metrics, fine-tuning, the recipe's
 tools (stochastic depth, mixed precision, jit, weight decay, data parallelism) and bad input."""
 
 import json
@@ -14,7 +14,7 @@ import keras_deit as kd
 from helpers import (
     HF, batch, head_outputs, max_abs_diff, np_cross_entropy, small_config, to_numpy,
 )
-from keras_deit.training import (
+from keras_deit.training.fine_tuning import (
     deit_adamw,
     is_excluded_from_weight_decay,
     rebuild_at_image_size,

@@ -238,7 +238,7 @@ def resample_position_embeddings(position_embeddings, old_grid, new_grid, num_pr
     The prefix entries (class and distillation tokens) are kept; the patch grid is resized
     with PyTorch's bicubic kernel (`bicubic_resize`), as transformers'
     `interpolate_pos_encoding` does. The one resampler: `DeiTEmbeddings` uses it on the fly,
-    `keras_deit.training` to move weights between image sizes.
+    `keras_deit.training.fine_tuning` to move weights between image sizes.
 
     Args:
         position_embeddings: (1, num_prefix_tokens + rows * cols, hidden).

@@ -83,7 +83,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
 
     `cls_logits` classify the class token, `distillation_logits` the distillation token, and
     `logits = (cls_logits + distillation_logits) / 2` is the prediction the paper reports.
-    Training the distillation head needs a teacher: see `keras_deit.distillation`.
+    Training the distillation head needs a teacher: see `keras_deit.training.distillation`.
 
     Args:
         config: a `DeiTConfig` with `use_distillation_token=True`.
@@ -147,7 +147,7 @@ class DeiTForImageClassificationWithTeacher(DeiTPreTrainedModel):
         class). Each head learns the labels, so their average, `logits`, stays a sound
         prediction. It differs from facebookresearch/deit's `distillation_type="none"`, which
         trains the class head only and leaves the distillation head as it was; for that, and for
-        training with a teacher, use `keras_deit.distillation.DeiTDistiller`.
+        training with a teacher, use `keras_deit.training.distillation.DeiTDistiller`.
         """
         if y is None:
             self._check_labels(x, y)  # Names the fix.

@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from keras_deit.augmentation import DeiTImageTransform, mixed_batches
-from keras_deit.recipe import DEIT_MAIN_DEFAULTS
+from keras_deit.training.augmentation import DeiTImageTransform, mixed_batches
+from keras_deit.training.recipe import DEIT_MAIN_DEFAULTS
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Pillow's default `Image.MAX_IMAGE_PIXELS` (1024 * 1024 * 1024 // 4 // 3): above it Pillow

@@ -26,7 +26,7 @@ import numpy as np
 from keras import ops
 
 from keras_deit.inference import load_classifier
-from keras_deit.recipe import DISTILLATION_CHOICES, RECIPES
+from keras_deit.training.recipe import DISTILLATION_CHOICES, RECIPES
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # The classifier layers, replaced when the folder's classes differ from the checkpoint's.
@@ -156,7 +156,7 @@ def build_student(source, class_names, image_size=None, from_scratch=False, drop
     Returns:
         (model, processor).
     """
-    from keras_deit.training import rebuild_at_image_size
+    from keras_deit.training.fine_tuning import rebuild_at_image_size
 
     model, processor = load_classifier(source)
     size = image_size or model.config.image_hw[0]
@@ -309,9 +309,9 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
     writes the student to `output` (.keras) with `preprocessor_config.json` beside it.
 
     Args:
-        recipe: "deit" (`keras_deit.augmentation.deit_train_dataset`, drop path 0.1) or
+        recipe: "deit" (`keras_deit.training.augmentation.deit_train_dataset`, drop path 0.1) or
             "light" (the checkpoint's own preprocessing only; integer labels); None: light for
-            a fine-tune, deit `from_scratch` (`keras_deit.recipe.training_plan`).
+            a fine-tune, deit `from_scratch` (`keras_deit.training.recipe.training_plan`).
         epochs, batch_size, warmup_epochs: None for the defaults of `training_plan`.
         teacher: None or a source of a classifier with the same classes; with
             `distillation` "hard" or "soft" the student must have a distillation head.
@@ -323,7 +323,7 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
             512, scaled linearly (deit's rule: 5e-4, the default `from_scratch`).
         batch_size: the global batch (all devices of all processes); the learning-rate rule
             follows it.
-        cluster: a `keras_deit.distribution.Cluster` (default `configure()`: every visible
+        cluster: a `keras_deit.training.distribution.Cluster` (default `configure()`: every visible
             device of this process, or the JAX job of the KERAS_DISTRIBUTION_* variables).
             Only its chief (process 0) writes files and prints.
         Everything else as `keras-deit train --help` says.
@@ -333,7 +333,7 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
         `output`.
     """
     options = dict(locals())
-    from keras_deit.distribution import configure
+    from keras_deit.training.distribution import configure
 
     cluster = options.pop("cluster") or configure(seed=seed)
     # The model, optimizer and fit in the cluster's scope (MirroredStrategy / DataParallel).
@@ -346,11 +346,11 @@ def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, i
            base_learning_rate, warmup_epochs, seed, verbose, print_fn, cluster):
     """`train_folder` inside `cluster.scope()`."""
     from keras_deit.atomic import replacing
-    from keras_deit.augmentation import deit_train_dataset
-    from keras_deit.distillation import DeiTDistiller
+    from keras_deit.training.augmentation import deit_train_dataset
+    from keras_deit.training.distillation import DeiTDistiller
     from keras_deit.models import DeiTForImageClassificationWithTeacher
-    from keras_deit.recipe import DEIT_MAIN_DEFAULTS, training_plan
-    from keras_deit.training import deit_adamw
+    from keras_deit.training.recipe import DEIT_MAIN_DEFAULTS, training_plan
+    from keras_deit.training.fine_tuning import deit_adamw
     import tensorflow as tf
 
     output = os.fspath(output)
@@ -502,7 +502,7 @@ def train_command(args, out=None):
         print(line, file=out, flush=True)
 
     try:
-        from keras_deit.distribution import configure
+        from keras_deit.training.distribution import configure
 
         cluster = configure(args.coordinator, args.num_processes, args.process_id,
                             seed=args.seed, initialization_timeout=args.join_timeout)

@@ -1,7 +1,7 @@
 """DeiT's training recipe (facebookresearch/deit `main.py`), piece by piece, from Keras' own parts.
 
-Here: the learning-rate rule and schedule; the data side is `keras_deit.augmentation`, the
-command line `keras_deit.fine_tuning`. `DEIT_MAIN_DEFAULTS` holds the values of `main.py` that
+Here: the learning-rate rule and schedule; the data side is `keras_deit.training.augmentation`, the
+command line `keras_deit.training.command`. `DEIT_MAIN_DEFAULTS` holds the values of `main.py` that
 those pieces take their defaults from, so the two are compared in one place (the README's
 table lists every argument of `main.py` beside ours).
 """
