@@ -164,7 +164,8 @@ class TrainerEntryChecks:
 
     Why before: on JAX, Keras takes the variables out of the model for the loop and does not
     put them back if a step raises. `arguments` maps `keras.Model`'s parameter names (`x`, `y`,
-    `validation_data`, ...) to what the caller passed.
+    `validation_data`, ...) to what the caller passed; it may replace `arguments["x"]` (a
+    dataset with a check of its own in flight), which the method then runs on.
     """
 
     def _check_entry(self, method, arguments):
@@ -177,25 +178,26 @@ class TrainerEntryChecks:
             self, x, *args, **kwargs
         ).arguments
         self._check_entry(method, arguments)
+        return arguments.get("x", x)
 
     def fit(self, x=None, *args, **kwargs):
-        self._checked("fit", x, args, kwargs)
+        x = self._checked("fit", x, args, kwargs)
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
-        self._checked("evaluate", x, args, kwargs)
+        x = self._checked("evaluate", x, args, kwargs)
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
-        self._checked("predict", x, args, kwargs)
+        x = self._checked("predict", x, args, kwargs)
         return super().predict(x, *args, **kwargs)
 
     def train_on_batch(self, x, *args, **kwargs):
-        self._checked("train_on_batch", x, args, kwargs)
+        x = self._checked("train_on_batch", x, args, kwargs)
         return super().train_on_batch(x, *args, **kwargs)
 
     def test_on_batch(self, x, *args, **kwargs):
-        self._checked("test_on_batch", x, args, kwargs)
+        x = self._checked("test_on_batch", x, args, kwargs)
         return super().test_on_batch(x, *args, **kwargs)
 
     def predict_on_batch(self, x):

@@ -106,7 +106,8 @@ def raw_images_input(preprocessing, config, data_format):
 def warn_if_raw_images(model, pixel_values):
     """Warns once per model when a model without preprocessing receives raw images: uint8, or
     float values of 0-255 pixels (what `keras.utils.image_dataset_from_directory` yields) in a
-    NumPy array or an eager tensor (symbolic tensors and datasets are not read)."""
+    NumPy array or an eager tensor (symbolic tensors are not read; `watch_for_raw_images`
+    reads a dataset's first batch as it flows)."""
     dtype = getattr(pixel_values, "dtype", None)
     if dtype is None or model in _warned:
         return
@@ -130,6 +131,43 @@ def warn_if_raw_images(model, pixel_values):
 # Normalised pixels stay within a few units of 0 (ImageNet statistics: -2.2 to 2.7; random
 # erasing's N(0, 1) noise rarely passes 5); 0-255 images of anything but a black frame pass 20.
 RAW_PIXEL_THRESHOLD = 20.0
+
+
+def watch_for_raw_images(model, dataset):
+    """`dataset` (a `tf.data.Dataset` of `x`, `(x, y)` or `(x, y, w)`) with `warn_if_raw_images`
+    run on its first float batch as it flows through `fit`, `evaluate` or `predict`.
+
+    Read in flight rather than peeked: iterating a dataset ahead of Keras would start an epoch
+    of its own (a shuffle draw, or a streamed epoch with its skip counts).
+    """
+    import tensorflow as tf
+
+    spec = dataset.element_spec
+    pixels_spec = spec[0] if isinstance(spec, tuple) else spec
+    if isinstance(pixels_spec, dict):
+        pixels_spec = pixels_spec.get("pixel_values")
+    if model in _warned or not isinstance(pixels_spec, tf.TensorSpec) \
+            or not pixels_spec.dtype.is_floating:
+        return dataset
+
+    def warn(largest):
+        if float(largest) > RAW_PIXEL_THRESHOLD:
+            warn_if_raw_images(model, np.asarray([float(largest)], "float32"))
+        return True
+
+    def look(index, element):
+        # Once per pass, on its first batch: no variable, so no strategy scope to mind.
+        x = element[0] if isinstance(element, tuple) else element
+        pixels = x["pixel_values"] if isinstance(x, dict) else x
+
+        def first():
+            return tf.py_function(warn, [tf.reduce_max(tf.cast(pixels, tf.float32))], tf.bool)
+
+        done = tf.cond(tf.equal(index, 0), first, lambda: tf.constant(True))
+        with tf.control_dependencies([done]):
+            return tf.nest.map_structure(tf.identity, element)
+
+    return dataset.enumerate().map(look)
 
 
 def _looks_like_0_255(pixel_values):

@@ -110,6 +110,31 @@ def test_a_model_without_it_warns_once_on_float_0_255_images(checkpoint):
     assert len(named) == 1 and "float images of 0-255 pixel values" in named[0]
 
 
+@pytest.mark.parametrize("method", ["fit", "evaluate", "predict"])
+def test_a_model_without_it_warns_on_a_dataset_of_float_0_255_images(checkpoint, method):
+    """What `keras.utils.image_dataset_from_directory` yields: float32 batches of 0-255 pixels.
+    The first batch is read as it flows, the dataset is not iterated ahead of Keras."""
+    import tensorflow as tf
+
+    plain = kd.DeiTForImageClassificationWithTeacher.from_pretrained(checkpoint)
+    plain.compile(optimizer="sgd")
+    labels = np.zeros((4,), "int32")
+    normalised = tf.data.Dataset.from_tensor_slices(
+        (_images((32, 32), 4).astype("float32") / 255.0 * 2 - 1, labels)).batch(2)
+    raw = tf.data.Dataset.from_tensor_slices(
+        (_images((32, 32), 4).astype("float32"), labels)).batch(2)
+    if method == "predict":
+        normalised, raw = (d.map(lambda x, y: x) for d in (normalised, raw))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(plain, method)(normalised, verbose=0)
+        assert not [w for w in caught if "include_preprocessing=True" in str(w.message)]
+        getattr(plain, method)(raw, verbose=0)
+        getattr(plain, method)(raw, verbose=0)
+    named = [str(w.message) for w in caught if "include_preprocessing=True" in str(w.message)]
+    assert len(named) == 1 and "float images of 0-255 pixel values" in named[0]
+
+
 def test_from_pretrained_of_a_trained_keras_file_with_preprocessing(models, tmp_path):
     """`keras-deit train`'s output (a .keras file beside its preprocessor_config.json) loads
     with include_preprocessing=True, taking raw images."""

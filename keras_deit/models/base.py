@@ -136,6 +136,8 @@ class DeiTPreTrainedModel(TrainerEntryChecks, keras.Model):
         self._check_inputs(x)
         if method not in ("predict", "predict_on_batch"):
             self._check_training_data(x, arguments)
+        if is_dataset(x) and not getattr(self, "include_preprocessing", None):
+            arguments["x"] = model_preprocessing.watch_for_raw_images(self, x)
 
     def _check_inputs(self, inputs):
         """Names the problem and the fix before Keras' generic shape error can."""
