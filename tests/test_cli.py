@@ -60,7 +60,7 @@ def test_keras_file_model(photo, tmp_path, capsys):
     (["predict", "{photo}", "--model", "no_such_model"], "Unknown pretrained source 'no_such_model'"),
     (["predict", "{photo}", "--model", os.path.join(HF, "model")], "has no classifier"),
     (["predict", "{photo}", "--model", WITH_TEACHER, "--top-k", "0"], "--top-k must be at least 1"),
-    (["predict", "{folder}", "--model", WITH_TEACHER], "is a folder, not an image"),
+    (["predict", "{empty}", "--model", WITH_TEACHER], "holds no images"),
     (["predict", "{photo}", "--model", "{corrupt}"], "is not a .keras archive (it is corrupt"),
     (["predict", "{photo}", "--model", "{plain}"], "holds a Sequential, not a keras_deit DeiT"),
     (["predict", "{photo}", "--model", "{evil_pth}"], "contains code"),
@@ -82,7 +82,9 @@ def test_errors_are_one_line(args, message, photo, tmp_path, capsys):
                 return (exec, ("raise SystemExit('ran')",))
 
         torch.save({"model": {"cls_token": torch.zeros(1, 1, 4)}, "x": Payload()}, evil)
-    names = {"{bad}": bad, "{photo}": photo, "{folder}": tmp_path, "{corrupt}": corrupt,
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    names = {"{bad}": bad, "{photo}": photo, "{empty}": empty, "{corrupt}": corrupt,
              "{plain}": plain, "{evil_pth}": evil}
     for key, value in names.items():
         args = [a.replace(key, str(value)) for a in args]
@@ -171,7 +173,9 @@ def test_no_tensorflow_log_line_on_stderr(photo):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0] == photo
-    assert result.stderr == ""
+    # Only the command's summary line.
+    assert result.stderr.startswith("keras-deit predict: 1 image classified in ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_tensorflow_log_lines_are_recognized():
