@@ -137,8 +137,9 @@ class _Progress:
         if self.shown:
             self.err.write("\n")
         elapsed = time.monotonic() - self.start
-        words = (f"keras-deit predict: {done} image{'s' * (done != 1)} classified in {elapsed:.1f} s "
-                 f"({self.rate(done):.1f} images/s{f' on {devices} devices' if devices > 1 else ''})")
+        where = f" on {devices} devices" if devices > 1 else ""
+        words = (f"keras-deit predict: {done} image{'s' * (done != 1)} classified in "
+                 f"{elapsed:.1f} s ({self.rate(done):.1f} images/s{where})")
         if sum(skipped.values()):
             words += (f", {sum(skipped.values())} skipped ({skipped['unreadable']} unreadable, "
                       f"{skipped['too_large']} over the pixel limit)")

@@ -133,7 +133,8 @@ codes = []
 for argv in (["--help"], ["predict", "--help"], ["export", "--help"], ["convert", "--help"],
              ["export", "m", "OUT/x.onnx", "--format", "bad"],
              ["export", "m", "OUT/x.tflite", "--format", "onnx", "--quantize", "int8"],
-             ["predict", "x.png", "--top-k", "0"], ["convert", "x.pth"], ["nonsense"],
+             ["predict", "x.png", "--top-k", "0"], ["predict", "x.png", "--output", "x.tsv"],
+             ["convert", "x.pth"], ["nonsense"],
              ["train", "--help"], ["train", "d", "m.keras", "--epochs", "0"],
              ["train", "d", "m.keras", "--lr", "1e-4", "--base-lr", "5e-4"],
              ["train", "d", "m.keras", "--validation-split", "1.5"]):
@@ -146,11 +147,12 @@ print(codes, sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in s
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                             text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == \
-        "[0, 0, 0, 0, 2, 2, 2, 2, 2, 0, 2, 2, 2] []"
+        "[0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 0, 2, 2, 2] []"
     errors = [line for line in result.stderr.splitlines() if line.startswith("keras-deit")]
     assert "unsupported export format 'bad'" in errors[0]
     assert "quantization applies to TFLite files only" in errors[1]
     assert "--top-k must be at least 1. Received: 0" in errors[2]
+    assert "--output must end in .csv or .jsonl. Received: --output x.tsv" in errors[3]
     # argparse's own errors are one line too (no usage block before them).
     assert not any(line.startswith("usage:") for line in result.stderr.splitlines())
     assert errors[-3:] == [
