@@ -183,3 +183,37 @@ def test_two_jax_devices_give_the_probabilities_of_one(folder, tmp_path):
         assert one.get("labels") == two.get("labels")
         np.testing.assert_allclose(one.get("probabilities", []), two.get("probabilities", []),
                                    atol=1e-5)
+
+
+def test_a_model_with_its_preprocessing_inside_reads_raw_images(folder, tmp_path):
+    """Such a model takes raw images of any size: they stream one at a time, and give the
+    in-memory `predict`'s probabilities."""
+    from keras_deit.model_preprocessing import with_preprocessing
+
+    model, processor = load_classifier("deit-digits")
+    processor.resample = int(Image.Resampling.BILINEAR)  # the Keras layer's resizes
+    path = str(tmp_path / "inside.keras")
+    with_preprocessing(model, processor).save(path)
+    output = str(tmp_path / "rows.jsonl")
+    assert main(["predict", str(folder / "a" / "deeper"), "--model", path, "--output",
+                 output]) == 0
+    with open(output) as f:
+        rows = [json.loads(line) for line in f]
+    inside, processor = load_classifier(path)
+    pictures = [Image.open(row["path"]).convert("RGB") for row in rows]
+    expected = class_probabilities(inside, processor, pictures)
+    assert len(rows) == 3
+    for row, probabilities in zip(rows, expected):
+        order = np.argsort(-probabilities)[:5]
+        assert row["labels"] == [str(i) for i in order]
+        np.testing.assert_allclose(row["probabilities"], probabilities[order], atol=1e-5)
+
+
+def test_the_stream_follows_a_channels_first_processor(folder):
+    from keras_deit.training.image_folder import processor_stream
+
+    _, processor = load_classifier("deit-digits")
+    processor.data_format = "channels_first"
+    paths = expand_inputs([str(folder / "a" / "deeper")])
+    pixel_values, indices = next(iter(processor_stream(paths, [0, 1, 2], processor, 3).dataset))
+    assert tuple(pixel_values.shape) == (3, 3, 32, 32) and list(np.asarray(indices)) == [0, 1, 2]
