@@ -1,6 +1,7 @@
 """The `keras-deit` command: classify images, convert checkpoints.
 
-    keras-deit predict IMAGE... [--model SOURCE] [--top-k 5] [--backend jax|tensorflow|torch]
+    keras-deit predict INPUT... [--model SOURCE] [--top-k 5] [--batch-size 32]
+        [--output FILE.csv|FILE.jsonl [--overwrite]] [--backend jax|tensorflow|torch]
     keras-deit convert SOURCE OUTPUT [...]       (same as `python -m keras_deit.conversion`)
     keras-deit train DATA_DIR [--model SOURCE] [--teacher SOURCE] [...] OUTPUT.keras
     keras-deit export SOURCE --format saved_model|tflite|onnx [--quantize float16|int8]
@@ -17,6 +18,7 @@ import os
 import sys
 
 from keras_deit.backend_logs import import_backend
+from keras_deit.batch_prediction import check_output as check_predict_output  # no Keras
 from keras_deit.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL
 from keras_deit.export.common import check_format, check_output, require  # no Keras
 from keras_deit.training.recipe import DISTILLATION_CHOICES, RECIPES  # no Keras
@@ -58,7 +60,10 @@ def _parser():
         "The images are preprocessed as the checkpoint expects (its "
         "preprocessor_config.json, its preset's recipe, or the original DeiT recipe).",
     )
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    predict.add_argument("images", nargs="+", metavar="INPUT",
+                         help="image files (JPEG, PNG, GIF, BMP), folders (searched "
+                         "recursively) or .txt/.lst lists of image paths (one a line, relative "
+                         "to the list's folder, # comments)")
     predict.add_argument(
         "--model", default=DEFAULT_MODEL, metavar="SOURCE",
         help="a built-in model (" + ", ".join(BUILTIN_MODELS) + "), a .keras file, an HF "
@@ -68,6 +73,12 @@ def _parser():
         "keras_deit/data/examples/*.png",
     )
     predict.add_argument("--top-k", type=int, default=5, help="labels to print per image (default 5)")
+    predict.add_argument("--batch-size", type=_at_least(1), default=32,
+                         help="images per step (default 32; on JAX split over every device)")
+    predict.add_argument("--output", type=_output_file, metavar="FILE.csv|FILE.jsonl",
+                         help="write one row per image (path, top-k labels and probabilities, "
+                         "or an error) here instead of stdout, flushed after every batch")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
     export = commands.add_parser(
         "export", parents=[common],
@@ -116,8 +127,11 @@ def main(argv=None):
             return train_command(args)
         if args.top_k < 1:
             raise ValueError(f"--top-k must be at least 1. Received: {args.top_k}")
-        import_backend(args.verbose)
-        return predict(args.images, args.model, args.top_k)
+        if args.output:
+            check_predict_output(args.output, args.overwrite)
+        import_backend(args.verbose, with_tensorflow=True)  # the reader is tf.data
+        return predict(args.images, args.model, args.top_k, batch_size=args.batch_size,
+                       output=args.output, overwrite=args.overwrite)
     except (ValueError, OSError, ImportError) as e:
         print(f"keras-deit: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -144,24 +158,22 @@ def _one_line(error):
     return " ".join(text.split())
 
 
-def predict(images, source, top_k=5, out=None):
-    """Classifies `images` (paths) with the model from `source`; prints the top-k labels."""
-    import numpy as np
+def predict(images, source, top_k=5, out=None, batch_size=32, output=None, overwrite=False):
+    """Classifies `images` (image files, folders, list files) with the model from `source`;
+    prints the top-k labels, or writes them to `output` (see keras_deit/batch_prediction.py)."""
+    from keras_deit.batch_prediction import predict_files
 
-    from keras_deit.inference import class_names, class_probabilities, load_classifier, read_images
-
-    out = out or sys.stdout
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1. Received: {top_k}")
-    pictures = read_images(images)  # fail on a bad image before loading
-    model, processor = load_classifier(source)
-    labels = class_names(model.config)
-    probabilities = class_probabilities(model, processor, pictures)
-    for path, row in zip(images, probabilities):
-        print(path, file=out)
-        for rank, index in enumerate(np.argsort(-row)[: min(top_k, len(row))], start=1):
-            print(f"  {rank}. {labels[index]}  {row[index]:.4f}", file=out)
-    return 0
+    return predict_files(images, source, top_k, batch_size, output, overwrite, out=out)
+
+
+def _output_file(text):
+    """An argparse type: a .csv or .jsonl path (checked before a backend is imported)."""
+    try:
+        return check_predict_output(text, overwrite=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parse_size(text):

@@ -66,14 +66,24 @@ def class_probabilities(model, processor, pictures):
     differ in size), called eagerly: a TensorFlow graph would need every size in advance.
     """
     if getattr(model, "include_preprocessing", None):
-        logits = np.concatenate([_eager_logits(model, np.asarray(p)[None]) for p in pictures])
+        logits = np.concatenate([eager_logits(model, np.asarray(p)[None]) for p in pictures])
     else:
         pixel_values = processor(pictures)["pixel_values"]
         logits = np.asarray(model.predict(pixel_values, verbose=0)["logits"], "float64")
+    return softmax(logits)
+
+
+def softmax(logits):
+    """Softmax over the last axis of float64 `logits` (batch, num_labels), overflow-safe."""
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     return probabilities / probabilities.sum(-1, keepdims=True)
 
 
-def _eager_logits(model, images):
+def top_k(probabilities, k):
+    """The indices of the `k` largest of (num_labels,) `probabilities`, largest first."""
+    return np.argsort(-probabilities, kind="stable")[: min(k, len(probabilities))]
+
+
+def eager_logits(model, images):
     """float64 `logits` of `model` on `images`, called eagerly."""
     return np.asarray(keras.ops.convert_to_numpy(model(images)["logits"]), "float64")

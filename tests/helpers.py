@@ -2,6 +2,8 @@
 tiny configs and array comparisons. Fixtures stay in conftest.py, which no test imports."""
 
 import os
+import struct
+import zlib
 
 import keras
 import numpy as np
@@ -41,6 +43,19 @@ def small_config(**changes):
 def batch(n=8, size=32, seed=0):
     rng = np.random.RandomState(seed)
     return rng.rand(n, size, size, 3).astype("float32"), np.arange(n) % 5
+
+
+def bomb_png(path, side=30000):
+    """A valid PNG header declaring side x side RGB pixels, in a small file."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = zlib.compress(b"\x00" * (side * 3 + 1) * 64)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2,
+                                                                   0, 0, 0))
+                + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
 # ---- numpy references of the losses ----------------------------------------------------------

@@ -60,7 +60,7 @@ def test_keras_file_model(photo, tmp_path, capsys):
     (["predict", "{photo}", "--model", "no_such_model"], "Unknown pretrained source 'no_such_model'"),
     (["predict", "{photo}", "--model", os.path.join(HF, "model")], "has no classifier"),
     (["predict", "{photo}", "--model", WITH_TEACHER, "--top-k", "0"], "--top-k must be at least 1"),
-    (["predict", "{folder}", "--model", WITH_TEACHER], "is a folder, not an image"),
+    (["predict", "{empty}", "--model", WITH_TEACHER], "holds no images"),
     (["predict", "{photo}", "--model", "{corrupt}"], "is not a .keras archive (it is corrupt"),
     (["predict", "{photo}", "--model", "{plain}"], "holds a Sequential, not a keras_deit DeiT"),
     (["predict", "{photo}", "--model", "{evil_pth}"], "contains code"),
@@ -82,7 +82,9 @@ def test_errors_are_one_line(args, message, photo, tmp_path, capsys):
                 return (exec, ("raise SystemExit('ran')",))
 
         torch.save({"model": {"cls_token": torch.zeros(1, 1, 4)}, "x": Payload()}, evil)
-    names = {"{bad}": bad, "{photo}": photo, "{folder}": tmp_path, "{corrupt}": corrupt,
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    names = {"{bad}": bad, "{photo}": photo, "{empty}": empty, "{corrupt}": corrupt,
              "{plain}": plain, "{evil_pth}": evil}
     for key, value in names.items():
         args = [a.replace(key, str(value)) for a in args]
@@ -131,7 +133,8 @@ codes = []
 for argv in (["--help"], ["predict", "--help"], ["export", "--help"], ["convert", "--help"],
              ["export", "m", "OUT/x.onnx", "--format", "bad"],
              ["export", "m", "OUT/x.tflite", "--format", "onnx", "--quantize", "int8"],
-             ["predict", "x.png", "--top-k", "0"], ["convert", "x.pth"], ["nonsense"],
+             ["predict", "x.png", "--top-k", "0"], ["predict", "x.png", "--output", "x.tsv"],
+             ["convert", "x.pth"], ["nonsense"],
              ["train", "--help"], ["train", "d", "m.keras", "--epochs", "0"],
              ["train", "d", "m.keras", "--lr", "1e-4", "--base-lr", "5e-4"],
              ["train", "d", "m.keras", "--validation-split", "1.5"]):
@@ -144,11 +147,12 @@ print(codes, sorted(m for m in ("keras", "tensorflow", "jax", "torch") if m in s
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                             text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == \
-        "[0, 0, 0, 0, 2, 2, 2, 2, 2, 0, 2, 2, 2] []"
+        "[0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 0, 2, 2, 2] []"
     errors = [line for line in result.stderr.splitlines() if line.startswith("keras-deit")]
     assert "unsupported export format 'bad'" in errors[0]
     assert "quantization applies to TFLite files only" in errors[1]
     assert "--top-k must be at least 1. Received: 0" in errors[2]
+    assert "--output must end in .csv or .jsonl. Received: --output x.tsv" in errors[3]
     # argparse's own errors are one line too (no usage block before them).
     assert not any(line.startswith("usage:") for line in result.stderr.splitlines())
     assert errors[-3:] == [
@@ -171,7 +175,9 @@ def test_no_tensorflow_log_line_on_stderr(photo):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0] == photo
-    assert result.stderr == ""
+    # Only the command's summary line.
+    assert result.stderr.startswith("keras-deit predict: 1 image classified in ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_tensorflow_log_lines_are_recognized():

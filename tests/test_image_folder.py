@@ -2,15 +2,14 @@
 (skips, pixel limit, memory that does not grow with the folder), on the current backend."""
 
 import os
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 
 from keras_deit.training import image_folder as imf
+from helpers import bomb_png
 
 
 def _jpegs(folder, classes, per_class, size=(12, 16), seed=0):
@@ -22,19 +21,6 @@ def _jpegs(folder, classes, per_class, size=(12, 16), seed=0):
         for i in range(per_class):
             pixels = rng.integers(0, 256, (*size, 3)).astype("uint8")
             Image.fromarray(pixels).save(os.path.join(folder, c, f"{i}.jpg"))
-
-
-def _bomb_png(path, side=30000):
-    """A valid PNG header declaring side x side RGB pixels, in a small file."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    rows = zlib.compress(b"\x00" * (side * 3 + 1) * 64)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2,
-                                                                   0, 0, 0))
-                + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
 def test_index_sorts_classes_as_torchvision_and_finds_images_recursively(tmp_path):
@@ -95,7 +81,7 @@ def test_stream_skips_and_counts_corrupt_files_and_bombs(tmp_path, monkeypatch):
     _without_rand_augment(monkeypatch)
     _jpegs(tmp_path, ["a", "b"], 4)
     (tmp_path / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 20)
-    _bomb_png(tmp_path / "b" / "bomb.png")
+    bomb_png(tmp_path / "b" / "bomb.png")
     assert os.path.getsize(tmp_path / "b" / "bomb.png") < 1_000_000
     paths, labels, names = imf.index_image_folder(str(tmp_path))
     stream = imf.deit_stream(paths, labels, 2, 1, 8, [0.5] * 3, [0.5] * 3, seed=0)

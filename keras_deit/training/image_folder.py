@@ -36,14 +36,23 @@ def find_classes(folder):
     return classes
 
 
-def class_images(folder, name):
-    """The image paths under `folder/name`, found recursively, sorted as torchvision walks."""
+def find_images(folder):
+    """The image paths (`IMAGE_EXTENSIONS`) under `folder`, found recursively, sorted as
+    torchvision walks; hidden files and folders are left out."""
+    walked = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # pruned while walking
+        walked.append((root, files))
     paths = []
-    for root, dirs, files in sorted(os.walk(os.path.join(folder, name), followlinks=True)):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for root, files in sorted(walked):  # torchvision sorts the walk's (root, ...) tuples
         paths += [os.path.join(root, f) for f in sorted(files)
                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
     return paths
+
+
+def class_images(folder, name):
+    """The image paths under `folder/name`, found recursively, sorted as torchvision walks."""
+    return find_images(os.path.join(folder, name))
 
 
 def index_image_folder(folder):
@@ -282,12 +291,15 @@ def processor_stream(paths, labels, processor, batch_size, shuffle=False, drop_r
     Args:
         targets: None for int labels, or `num_classes` for one-hot float32 rows.
     Returns:
-        An `ImageStream` yielding (pixel_values (batch, H, W, 3) float32, labels).
+        An `ImageStream` yielding (pixel_values (batch, H, W, 3) float32, or (batch, 3, H, W)
+        with a channels_first processor, labels).
     """
     import tensorflow as tf
 
     size = processor.crop_size if processor.do_center_crop else processor.size
     shape = (size.get("height"), size.get("width"), 3)  # no height: {"shortest_edge"}
+    if processor.data_format == "channels_first":  # a channels_first model's processor
+        shape = (3, *shape[:2])
 
     def preprocess(pixels):
         return processor(pixels.numpy(), return_tensors="np")["pixel_values"][0]
