@@ -1,17 +1,21 @@
 """`keras-deit train` on scikit-learn's digits from the built-in model's architecture.
 
-    python benchmarks/digits_train.py WORK_DIR [--epochs 8] [--seeds 0 1 2] [--backend jax]
+    python benchmarks/digits_train.py WORK_DIR [--epochs 60] [--seeds 0 1 2] [--backend jax]
+        [--logs-to benchmarks/digits_grid]
 
 Writes the digits folder (benchmarks/digits_folder.py) to WORK_DIR/digits, then runs
 `keras-deit train WORK_DIR/digits --model deit-digits --from-scratch` for each recipe (deit,
 light), without and with the built-in model as a hard-distillation teacher (trained on train/
 only, so it never saw val/), and each seed; prints each exact command and a markdown table of
 validation accuracy (averaged logits, class head, distillation head), mean over seeds.
+`--logs-to` copies each run's per-epoch CSV log there as RECIPE-TEACHER-SEED.csv (notebook 06
+plots them).
 """
 
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -34,10 +38,11 @@ def run(command, env):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work_dir")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backend", default="jax")
     parser.add_argument("--base-lr", default="1e-2")
+    parser.add_argument("--logs-to", help="a folder for the per-epoch CSV logs")
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.dirname(here)
@@ -65,6 +70,10 @@ def main(argv=None):
                 accuracy, seconds = run(command, env)
                 print(f"  {accuracy} in {seconds:.0f} s", flush=True)
                 results.append(accuracy)
+                if args.logs_to:
+                    os.makedirs(args.logs_to, exist_ok=True)
+                    shutil.copy(out[:-len(".keras")] + ".log.csv", os.path.join(
+                        args.logs_to, os.path.basename(os.path.dirname(out)) + ".csv"))
             rows.append((recipe, teacher, results))
     print("\n| recipe | teacher | logits | cls_logits | distillation_logits | per seed (logits) |")
     print("|---|---|---|---|---|---|")
