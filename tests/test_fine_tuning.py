@@ -82,12 +82,17 @@ def test_train_light_loads_in_predict_export_and_from_pretrained(setup, tmp_path
                  "--epochs", "2", "--batch-size", "4", "--base-lr", "0.05"]) == 0
     printed = capsys.readouterr().out
     assert "validation accuracy on 3 images: logits" in printed and "distillation_logits" in printed
-    assert "skipped 1 unreadable image file(s), e.g. cannot read" in printed
+    # broken.png is a training file: streamed (and skipped) once in each of the 2 epochs.
+    assert "skipped 2 unreadable image read(s) and 0 over Pillow's pixel limit" in printed
+    # Keras' per-epoch line: the epoch's 4 steps of 4 images over its wall time.
+    assert re.search(r"images_per_second: [0-9.]+", printed), printed
     model = kd.DeiTForImageClassificationWithTeacher.from_pretrained(output)
     assert [model.config.id2label[i] for i in range(3)] == list(CLASSES)
     assert not os.path.exists(output[:-6] + ".checkpoint.npz")  # a finished run removes it
     with open(output[:-6] + ".log.csv") as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert all(float(row["images_per_second"]) > 0 for row in rows)
     assert main(["predict", os.path.join(data, "square", "0.png"), "--model", output,
                  "--top-k", "3"]) == 0
     predicted = capsys.readouterr().out
