@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import keras_deit as kd
+from helpers import finish, free_port
 from keras_deit.training import command as fine_tuning
 from keras_deit.cli import main
 from keras_deit.saving import load_model
@@ -207,6 +208,34 @@ def test_sigint_leaves_the_last_complete_checkpoint(setup, tmp_path):
     with np.load(checkpoint) as saved:
         assert int(saved["epochs_done"]) >= 1
     assert load_model(output).config.num_labels == 3
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_only_the_chief_writes(tmp_path):
+    """`keras-deit train --num-processes 2` on JAX (whatever this process' backend: several
+    processes train on JAX only), each process streaming its own shard."""
+    data = _write_folder(tmp_path / "data", per_class=4)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}
+    env.update(KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]))
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "keras_deit.cli", "train", data, str(out_dir / "m.keras"),
+         "--epochs", "1", "--batch-size", "4", "--num-processes", "2", "--process-id", str(i),
+         "--coordinator", f"127.0.0.1:{port}", "--join-timeout", "30"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True) for i in range(2)]
+    results = finish(processes, timeout=120)
+    for code, output in results:
+        assert code == 0, output[-3000:]
+    assert "data parallel on 2 devices (2 processes, this is 0, jax)" in results[0][1]
+    assert "images_per_second" in results[0][1] and "wrote" not in results[1][1]
+    # Each process scores every validation image (3: one per class), whole batches or not.
+    assert "validation accuracy on 3 images" in results[0][1]
+    written = sorted(p for p in os.listdir(out_dir) if not p.endswith(".tensorboard"))
+    assert written == ["m.keras", "m.log.csv", "preprocessor_config.json"]
+    assert load_model(str(out_dir / "m.keras")).config.num_labels == 3
 
 
 def test_from_pretrained_of_a_keras_file_checks_the_class_and_options(setup):

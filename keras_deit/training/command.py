@@ -19,6 +19,7 @@ streaming, so one corrupt file does not stop a large run; a class whose files al
 header check (JPEG, PNG, GIF or BMP within the limit) is an error before training.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -264,6 +265,19 @@ def _paths(output):
                                           "preprocessor_config.json"))
 
 
+@contextlib.contextmanager
+def outside_distribution():
+    """No Keras distribution within: saving a model creates variables (Keras' optimizer skip
+    set), and under a multi-process distribution each is a collective that the processes
+    other than the chief, which save nothing, never join."""
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch, atomically: the training state (student weights by path, optimizer
     variables in order, the epoch count) to `checkpoint`, then the student to `output`."""
@@ -284,7 +298,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         with replacing(self.checkpoint) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-        self.student.save(self.output)
+        with outside_distribution():
+            self.student.save(self.output)
 
 
 def restore_checkpoint(path, student, trainer):
@@ -554,6 +569,8 @@ def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, i
     val = processor_stream(folder.val_paths, folder.val_labels, processor, local_batch,
                            drop_remainder=several, targets=targets)
     val_ds = None if several and len(folder.val_paths) < local_batch else val.dataset
+    score = (processor_stream(folder.val_paths, folder.val_labels, processor, local_batch,
+                              targets=targets) if several else val)
 
     # ---- model, optimizer, state (in the cluster's scope) ---------------------------------
     with cluster.scope():
@@ -626,23 +643,33 @@ def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, i
 
             student = merge_lora(student)
             if cluster.is_chief:
-                student.save(output)
+                with outside_distribution():
+                    student.save(output)
         if cluster.is_chief:
             os.remove(paths["checkpoint"])
 
-        # ---- summary ----------------------------------------------------------------------
-        accuracy, scored = stream_accuracies(student, val.dataset, local_batch)
-        print_fn(f"wrote {output} ({epochs} epoch{'s' * (epochs != 1)}); validation accuracy "
-                 f"on {scored} images: "
-                 + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
-        skipped = {kind: train.skipped[kind] + val.skipped[kind]
-                   for kind in ("unreadable", "too_large")}
-        if sum(skipped.values()):
-            print_fn(f"skipped {skipped['unreadable']} unreadable image read(s) and "
-                     f"{skipped['too_large']} over Pillow's pixel limit ({MAX_IMAGE_PIXELS} "
-                     "pixels) in training and validation (each read counts: a file read every "
-                     "epoch counts every time)")
-        return dict(accuracy=accuracy, epochs=epochs, skipped=skipped, output=output)
+    # ---- summary ------------------------------------------------------------------------------
+    scorer, scope = student, cluster.scope()
+    if cluster.num_processes > 1:
+        # Outputs spread over several processes cannot be fetched by one: each scores a
+        # copy of its own, outside the cluster.
+        scorer, scope = type(student).from_config(student.get_config()), contextlib.nullcontext()
+        for mine, trained in zip(scorer.weights, student.weights):
+            mine.assign(ops.convert_to_numpy(trained.value))
+    with scope:
+        accuracy, scored = stream_accuracies(scorer, score.dataset, local_batch)
+    print_fn(f"wrote {output} ({epochs} epoch{'s' * (epochs != 1)}); validation accuracy on "
+             f"{scored} images: "
+             + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
+    streams = {id(stream): stream for stream in (train, val, score)}.values()
+    skipped = {kind: sum(stream.skipped[kind] for stream in streams)
+               for kind in ("unreadable", "too_large")}
+    if sum(skipped.values()):
+        print_fn(f"skipped {skipped['unreadable']} unreadable image read(s) and "
+                 f"{skipped['too_large']} over Pillow's pixel limit ({MAX_IMAGE_PIXELS} "
+                 "pixels) in training and validation (each read counts: a file read every "
+                 "epoch counts every time)")
+    return dict(accuracy=accuracy, epochs=epochs, skipped=skipped, output=output)
 
 
 # ---- command line (`keras-deit train`) ---------------------------------------------------------
