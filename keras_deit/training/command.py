@@ -120,22 +120,6 @@ def list_image_folder(data_dir, validation_split=0.1, seed=0):
                        [p for p, _ in val_pairs], [i for _, i in val_pairs])
 
 
-def read_images(paths, labels):
-    """The readable images among `paths` as RGB PIL images, their labels, and the skipped
-    (path, reason) pairs (all in memory: the command streams instead)."""
-    from keras_deit.image_processing import load_image
-
-    images, kept, skipped = [], [], []
-    for path, label in zip(paths, labels):
-        try:
-            images.append(load_image(path))
-        except (ValueError, OSError) as e:
-            skipped.append((path, str(e)))
-            continue
-        kept.append(label)
-    return images, kept, skipped
-
-
 def first_readable(paths):
     """The first of `paths` whose header the stream accepts (a JPEG, PNG, GIF or BMP within
     `MAX_IMAGE_PIXELS`), or None. Reads headers only, and stops at the first that passes."""
@@ -334,7 +318,7 @@ HEAD_OUTPUTS = ("logits", "cls_logits", "distillation_logits")
 
 
 def _head_hits(model, pixel_values, labels, batch_size):
-    """{output name: correct predictions} of every head on one array of images."""
+    """{output name: correct predictions} of every head on one batch of images."""
     labels = np.asarray(labels)
     # Padded to whole batches (several devices split every batch evenly); the pad is dropped.
     pad = -len(labels) % batch_size
@@ -344,13 +328,7 @@ def _head_hits(model, pixel_values, labels, batch_size):
             for name in HEAD_OUTPUTS if name in outputs}
 
 
-def head_accuracies(model, pixel_values, labels, batch_size):
-    """{output name: accuracy} of every classification head on (pixel_values, labels)."""
-    hits = _head_hits(model, pixel_values, labels, batch_size)
-    return {name: value / len(labels) for name, value in hits.items()}
-
-
-def stream_accuracies(model, dataset, batch_size):
+def head_accuracies(model, dataset, batch_size):
     """({output name: accuracy}, images scored) of every head over a dataset of (pixel_values
     (b, H, W, 3), labels (b,) int or (b, classes) one-hot) batches, one batch in memory."""
     totals, count = {}, 0
@@ -657,7 +635,7 @@ def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, i
         for mine, trained in zip(scorer.weights, student.weights):
             mine.assign(ops.convert_to_numpy(trained.value))
     with scope:
-        accuracy, scored = stream_accuracies(scorer, score.dataset, local_batch)
+        accuracy, scored = head_accuracies(scorer, score.dataset, local_batch)
     print_fn(f"wrote {output} ({epochs} epoch{'s' * (epochs != 1)}); validation accuracy on "
              f"{scored} images: "
              + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
