@@ -210,6 +210,36 @@ def test_sigint_leaves_the_last_complete_checkpoint(setup, tmp_path):
     assert load_model(output).config.num_labels == 3
 
 
+MEMORY_SCRIPT = """
+import resource, sys
+from keras_deit.cli import main
+code = main(["train", sys.argv[1], sys.argv[2], "--model", sys.argv[3], "--recipe", "light",
+             "--epochs", "1", "--batch-size", "10"])
+print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_train_peak_memory_does_not_grow_with_the_folder(setup, tmp_path):
+    """30 vs 300 images of 256 x 256: held in memory, the 270 more would be ~53 MB decoded."""
+    peaks = []
+    for count in (30, 300):
+        data, rng = tmp_path / f"data{count}", np.random.default_rng(count)
+        for c in range(3):
+            os.makedirs(data / str(c))
+            for i in range(count // 3):
+                pixels = rng.integers(0, 256, (8, 8, 3)).astype("uint8")
+                Image.fromarray(pixels).resize((256, 256)).save(data / str(c) / f"{i}.jpg")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(data),
+                              str(tmp_path / f"m{count}.keras"), setup["model"]], env=env,
+                             capture_output=True, text=True, timeout=240)
+        code, peak_kb = (int(v) for v in out.stdout.split()[-2:])
+        assert code == 0, out.stderr[-3000:]
+        peaks.append(peak_kb)
+    assert peaks[1] - peaks[0] < 40_000, peaks
+
+
 @pytest.mark.slow
 def test_two_processes_train_and_only_the_chief_writes(tmp_path):
     """`keras-deit train --num-processes 2` on JAX (whatever this process' backend: several
