@@ -18,6 +18,7 @@ from PIL import Image
 import keras_deit as kd
 from helpers import finish, free_port
 from keras_deit.training import command as fine_tuning
+from keras_deit.training import image_folder as imf
 from keras_deit.cli import main
 from keras_deit.saving import load_model
 
@@ -112,6 +113,15 @@ def test_interrupt_then_resume_with_a_teacher(setup, tmp_path, capsys,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fine_tuning.EpochCheckpoint, "on_epoch_end", save_then_interrupt)
+    # The training stream's epochs (its permutation is seed + epoch), run by run.
+    read, epoch_indices = [], imf.ImageStream._epoch_indices
+
+    def recording(self):
+        if self.sampling["shuffle"]:
+            read.append(self.epoch)
+        yield from epoch_indices(self)
+
+    monkeypatch.setattr(imf.ImageStream, "_epoch_indices", recording)
     args = ["train", setup["data"], output, "--model", setup["model"], "--teacher",
             setup["model"], "--recipe", "light", "--epochs", "2", "--batch-size", "4",
             "--validation-split", "0.2"]
@@ -123,6 +133,7 @@ def test_interrupt_then_resume_with_a_teacher(setup, tmp_path, capsys,
     assert load_model(output).config.num_labels == 3
     monkeypatch.setattr(fine_tuning.EpochCheckpoint, "on_epoch_end", save)
     assert main(args + ["--resume"]) == 0
+    assert read == [0, 1]  # the resumed run reads epoch 1's order, as an uninterrupted one
     with open(output[:-6] + ".log.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
     assert not os.path.exists(checkpoint)
