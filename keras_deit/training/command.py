@@ -463,8 +463,8 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
         Everything else as `keras-deit train --help` says.
 
     Returns:
-        A dict: `accuracy` ({head: validation accuracy}), `epochs`, `skipped` (paths),
-        `output`.
+        A dict: `accuracy` ({head: validation accuracy}), `epochs`, `skipped`
+        ({"unreadable": reads, "too_large": reads} of this process's streams), `output`.
     """
     options = dict(locals())
     from keras_deit.training.distribution import configure
