@@ -2,6 +2,8 @@
 tiny configs and array comparisons. Fixtures stay in conftest.py, which no test imports."""
 
 import os
+import signal
+import socket
 import struct
 import zlib
 
@@ -13,6 +15,29 @@ import keras_deit as kd
 DATA = os.path.join(os.path.dirname(__file__), "data")
 HF = os.path.join(DATA, "hf")
 TIMM = os.path.join(DATA, "timm")
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on (for a coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finish(processes, timeout=90):
+    """(return code, output) of each process (started with `start_new_session=True`); all of
+    them killed (with their groups) when the time is up or anything fails."""
+    results = []
+    try:
+        for process in processes:
+            output, _ = process.communicate(timeout=timeout)
+            results.append((process.returncode, output))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+    return results
 
 
 def to_numpy(x):

@@ -5,7 +5,6 @@ process. Every subprocess is killed, with its process group, on a timeout."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import finish, free_port
 from keras_deit.training import distribution
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_worker.py")
@@ -30,12 +30,6 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**changes):
     env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -49,24 +43,8 @@ def _start(args, env):
                             start_new_session=True)
 
 
-def _finish(processes, timeout=90):
-    """(return code, output) of each process; all of them killed (with their groups) when
-    the time is up or anything fails."""
-    results = []
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=timeout)
-            results.append((process.returncode, output))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.communicate()
-    return results
-
-
 def _run(args, env, timeout=90):
-    code, output = _finish([_start(args, env)], timeout)[0]
+    code, output = finish([_start(args, env)], timeout)[0]
     assert code == 0, output[-3000:]
     return output
 
@@ -118,8 +96,8 @@ def test_two_processes_train_like_one(one_device, tmp_path, clean_env):
             distribution.configure("127.0.0.1:1234", num_processes=2, process_id=0)
         return
     out = str(tmp_path / "run.npz")
-    port = _free_port()
-    results = _finish([_start([out], _cluster_env(port, i)) for i in range(2)])
+    port = free_port()
+    results = finish([_start([out], _cluster_env(port, i)) for i in range(2)])
     for code, output in results:
         assert code == 0, output[-3000:]
     assert "data parallel on 2 devices (2 processes, this is 1, jax)" in results[1][1]
@@ -183,7 +161,7 @@ def test_local_batch_splits_the_global_batch():
 
 
 def test_silent_coordinator_is_a_bounded_connection_error():
-    port = _free_port()  # Nothing listens there.
+    port = free_port()  # Nothing listens there.
     with pytest.raises(ConnectionError, match=rf"127.0.0.1:{port} did not answer within 1 s"):
         distribution._wait_for_coordinator(f"127.0.0.1:{port}", 1)
 
@@ -191,7 +169,7 @@ def test_silent_coordinator_is_a_bounded_connection_error():
 def test_a_killed_process_stops_the_others(tmp_path):
     """Process 1 is killed mid-run: JAX's heartbeat (5 s in the worker) ends process 0 with
     its "another task died" line instead of leaving it in a collective forever."""
-    out, port = str(tmp_path / "run.npz"), _free_port()
+    out, port = str(tmp_path / "run.npz"), free_port()
     # A 0.2 s pause after each step: the run lasts well past the kill. The workers run on JAX
     # whatever this process' backend (several processes train on JAX only).
     processes = [_start([out, 1, 30, 0.2], dict(_cluster_env(port, i), KERAS_BACKEND="jax"))
@@ -201,9 +179,9 @@ def test_a_killed_process_stops_the_others(tmp_path):
             if line.startswith("training"):
                 break
         os.killpg(processes[1].pid, signal.SIGKILL)
-        (code, output), _ = _finish(processes, timeout=60)
+        (code, output), _ = finish(processes, timeout=60)
     finally:
-        _finish(processes, timeout=1)
+        finish(processes, timeout=1)
     assert code == -signal.SIGABRT, output[-3000:]
     assert "Task 1 heartbeat timeout" in output and "another task died" in output
     assert not os.path.exists(out)

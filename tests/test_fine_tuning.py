@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 import keras_deit as kd
+from helpers import finish, free_port
 from keras_deit.training import command as fine_tuning
+from keras_deit.training import image_folder as imf
 from keras_deit.cli import main
 from keras_deit.saving import load_model
 
@@ -82,12 +84,17 @@ def test_train_light_loads_in_predict_export_and_from_pretrained(setup, tmp_path
                  "--epochs", "2", "--batch-size", "4", "--base-lr", "0.05"]) == 0
     printed = capsys.readouterr().out
     assert "validation accuracy on 3 images: logits" in printed and "distillation_logits" in printed
-    assert "skipped 1 unreadable image file(s), e.g. cannot read" in printed
+    # broken.png is a training file: streamed (and skipped) once in each of the 2 epochs.
+    assert "skipped 2 unreadable image read(s) and 0 over Pillow's pixel limit" in printed
+    # Keras' per-epoch line: the epoch's 4 steps of 4 images over its wall time.
+    assert re.search(r"images_per_second: [0-9.]+", printed), printed
     model = kd.DeiTForImageClassificationWithTeacher.from_pretrained(output)
     assert [model.config.id2label[i] for i in range(3)] == list(CLASSES)
     assert not os.path.exists(output[:-6] + ".checkpoint.npz")  # a finished run removes it
     with open(output[:-6] + ".log.csv") as f:
-        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert all(float(row["images_per_second"]) > 0 for row in rows)
     assert main(["predict", os.path.join(data, "square", "0.png"), "--model", output,
                  "--top-k", "3"]) == 0
     predicted = capsys.readouterr().out
@@ -106,6 +113,15 @@ def test_interrupt_then_resume_with_a_teacher(setup, tmp_path, capsys,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(fine_tuning.EpochCheckpoint, "on_epoch_end", save_then_interrupt)
+    # The training stream's epochs (its permutation is seed + epoch), run by run.
+    read, epoch_indices = [], imf.ImageStream._epoch_indices
+
+    def recording(self):
+        if self.sampling["shuffle"]:
+            read.append(self.epoch)
+        yield from epoch_indices(self)
+
+    monkeypatch.setattr(imf.ImageStream, "_epoch_indices", recording)
     args = ["train", setup["data"], output, "--model", setup["model"], "--teacher",
             setup["model"], "--recipe", "light", "--epochs", "2", "--batch-size", "4",
             "--validation-split", "0.2"]
@@ -117,6 +133,7 @@ def test_interrupt_then_resume_with_a_teacher(setup, tmp_path, capsys,
     assert load_model(output).config.num_labels == 3
     monkeypatch.setattr(fine_tuning.EpochCheckpoint, "on_epoch_end", save)
     assert main(args + ["--resume"]) == 0
+    assert read == [0, 1]  # the resumed run reads epoch 1's order, as an uninterrupted one
     with open(output[:-6] + ".log.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
     assert not os.path.exists(checkpoint)
@@ -202,6 +219,64 @@ def test_sigint_leaves_the_last_complete_checkpoint(setup, tmp_path):
     with np.load(checkpoint) as saved:
         assert int(saved["epochs_done"]) >= 1
     assert load_model(output).config.num_labels == 3
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from keras_deit.cli import main
+code = main(["train", sys.argv[1], sys.argv[2], "--model", sys.argv[3], "--recipe", "light",
+             "--epochs", "1", "--batch-size", "10"])
+print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_train_peak_memory_does_not_grow_with_the_folder(setup, tmp_path):
+    """30 vs 300 images of 256 x 256: held in memory, the 270 more would be ~53 MB decoded."""
+    peaks = []
+    for count in (30, 300):
+        data, rng = tmp_path / f"data{count}", np.random.default_rng(count)
+        for c in range(3):
+            os.makedirs(data / str(c))
+            for i in range(count // 3):
+                pixels = rng.integers(0, 256, (8, 8, 3)).astype("uint8")
+                Image.fromarray(pixels).resize((256, 256)).save(data / str(c) / f"{i}.jpg")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(data),
+                              str(tmp_path / f"m{count}.keras"), setup["model"]], env=env,
+                             capture_output=True, text=True, timeout=240)
+        code, peak_kb = (int(v) for v in out.stdout.split()[-2:])
+        assert code == 0, out.stderr[-3000:]
+        peaks.append(peak_kb)
+    assert peaks[1] - peaks[0] < 40_000, peaks
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_only_the_chief_writes(tmp_path):
+    """`keras-deit train --num-processes 2` on JAX (whatever this process' backend: several
+    processes train on JAX only), each process streaming its own shard."""
+    data = _write_folder(tmp_path / "data", per_class=4)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}
+    env.update(KERAS_BACKEND="jax", PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]))
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "keras_deit.cli", "train", data, str(out_dir / "m.keras"),
+         "--epochs", "1", "--batch-size", "4", "--num-processes", "2", "--process-id", str(i),
+         "--coordinator", f"127.0.0.1:{port}", "--join-timeout", "30"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True) for i in range(2)]
+    results = finish(processes, timeout=120)
+    for code, output in results:
+        assert code == 0, output[-3000:]
+    assert "data parallel on 2 devices (2 processes, this is 0, jax)" in results[0][1]
+    assert "images_per_second" in results[0][1] and "wrote" not in results[1][1]
+    # Each process scores every validation image (3: one per class), whole batches or not.
+    assert "validation accuracy on 3 images" in results[0][1]
+    written = sorted(p for p in os.listdir(out_dir) if not p.endswith(".tensorboard"))
+    assert written == ["m.keras", "m.log.csv", "preprocessor_config.json"]
+    assert load_model(str(out_dir / "m.keras")).config.num_labels == 3
 
 
 def test_from_pretrained_of_a_keras_file_checks_the_class_and_options(setup):

@@ -3,23 +3,31 @@
     DATA_DIR/<class>/<image>            a validation split is held out (stratified), or
     DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>
 
-`train_folder` checks everything before it writes anything (the folder, every image, the
-teacher's classes, the checkpoint for `resume`), then trains with `model.fit` on `tf.data` (any
-backend). Each epoch writes, atomically, `NAME.checkpoint.npz` (student weights and optimizer
-state, for `resume`) and then `NAME.keras` (the student, loadable by `keras-deit predict`,
-`keras-deit export` and `from_pretrained`) beside `preprocessor_config.json`, so an interrupt
-(Ctrl-C) leaves the last complete epoch and never a half-written file. `NAME.log.csv` holds the
-epoch logs (and `NAME.tensorboard/` when TensorBoard is installed). A finished run removes its
+`train_folder` checks everything before it writes anything (the folder, a readable image per
+class, the teacher's classes, the checkpoint for `resume`), then trains with `model.fit` on
+images streamed from disk (`keras_deit.training.image_folder`, `tf.data`, any backend): the
+pixels of the folder are never all in memory. Each epoch writes, atomically,
+`NAME.checkpoint.npz` (student weights and optimizer state, for `resume`) and then
+`NAME.keras` (the student, loadable by `keras-deit predict`, `keras-deit export` and
+`from_pretrained`) beside `preprocessor_config.json`, so an interrupt (Ctrl-C) leaves the last
+complete epoch and never a half-written file. `NAME.log.csv` holds the epoch logs, images/s
+included (and `NAME.tensorboard/` when TensorBoard is installed). A finished run removes its
 checkpoint.
 
-Unreadable image files are skipped and counted (the summary names the first), so one corrupt
-file does not stop a large run; a class left without any readable image is an error.
+Unreadable image files (and images over Pillow's pixel limit) are skipped and counted while
+streaming, so one corrupt file does not stop a large run; a class whose files all fail the
+header check (JPEG, PNG, GIF or BMP within the limit) is an error before training.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
+import signal
+import threading
+import time
+import warnings
 
 import keras
 import numpy as np
@@ -28,7 +36,11 @@ from keras import ops
 from keras_deit.inference import load_classifier
 from keras_deit.training.recipe import DISTILLATION_CHOICES, RECIPES
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+from keras_deit.training.image_folder import (IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS,
+                                              class_images, find_classes)
+
+# The formats the stream decodes (`image_folder.declared_shape`), as Pillow names them.
+STREAM_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 # The classifier layers, replaced when the folder's classes differ from the checkpoint's.
 HEAD_LAYERS = ("classifier", "cls_classifier", "distillation_classifier")
 
@@ -46,20 +58,14 @@ class ImageFolder:
 
 
 def _class_files(folder):
-    """{class name: sorted image paths} of the class folders in `folder`."""
-    classes = sorted(name for name in os.listdir(folder)
-                     if not name.startswith(".") and os.path.isdir(os.path.join(folder, name)))
-    if not classes:
-        raise ValueError(f"{folder} holds no class folders: put the images of each class in a "
-                         f"sub-folder named after it ({os.path.join(folder, 'CLASS', 'IMAGE.png')}).")
+    """{class name: image paths} of the class folders in `folder` (found recursively, in
+    torchvision's order, as the streaming reader indexes them)."""
     files = {}
-    for name in classes:
-        path = os.path.join(folder, name)
-        files[name] = sorted(os.path.join(path, f) for f in os.listdir(path)
-                             if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    for name in find_classes(folder):
+        files[name] = class_images(folder, name)
         if not files[name]:
-            raise ValueError(f"the class folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}"
-                             "): add images or remove the folder.")
+            raise ValueError(f"the class folder {os.path.join(folder, name)} holds no images "
+                             f"({', '.join(IMAGE_EXTENSIONS)}): add images or remove the folder.")
     return files
 
 
@@ -109,20 +115,39 @@ def list_image_folder(data_dir, validation_split=0.1, seed=0):
                        [p for p, _ in val_pairs], [i for _, i in val_pairs])
 
 
-def read_images(paths, labels):
-    """The readable images among `paths` as RGB PIL images, their labels, and the skipped
-    (path, reason) pairs."""
-    from keras_deit.image_processing import load_image
+def first_readable(paths):
+    """The first of `paths` whose header the stream accepts (a JPEG, PNG, GIF or BMP within
+    `MAX_IMAGE_PIXELS`), or None. Reads headers only, and stops at the first that passes."""
+    from PIL import Image
 
-    images, kept, skipped = [], [], []
-    for path, label in zip(paths, labels):
+    for path in paths:
         try:
-            images.append(load_image(path))
-        except (ValueError, OSError) as e:
-            skipped.append((path, str(e)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    if (image.format in STREAM_FORMATS
+                            and image.width * image.height <= MAX_IMAGE_PIXELS):
+                        return path
+        except (OSError, ValueError, Image.DecompressionBombError):
             continue
-        kept.append(label)
-    return images, kept, skipped
+    return None
+
+
+def _check_readable(folder, data_dir):
+    """A ValueError unless every class has a training image, and the validation split an
+    image, that `first_readable` accepts (a class of corrupt files would train blind)."""
+    by_class = {}
+    for path, label in zip(folder.train_paths, folder.train_labels):
+        by_class.setdefault(label, []).append(path)
+    missing = [name for i, name in enumerate(folder.class_names)
+               if first_readable(by_class.get(i, [])) is None]
+    if missing:
+        raise ValueError(f"no readable training image in the class folder(s) {missing} (no file "
+                         f"is a JPEG, PNG, GIF or BMP within {MAX_IMAGE_PIXELS} pixels): add "
+                         "images or remove the folder(s).")
+    if first_readable(folder.val_paths) is None:
+        raise ValueError(f"{data_dir} leaves no readable validation image: add images, or a "
+                         "val/ folder.")
 
 
 def _processor_at(processor, image_size):
@@ -219,6 +244,19 @@ def _paths(output):
                                           "preprocessor_config.json"))
 
 
+@contextlib.contextmanager
+def outside_distribution():
+    """No Keras distribution within: saving a model creates variables (Keras' optimizer skip
+    set), and under a multi-process distribution each is a collective that the processes
+    other than the chief, which save nothing, never join."""
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After each epoch, atomically: the training state (student weights by path, optimizer
     variables in order, the epoch count) to `checkpoint`, then the student to `output`."""
@@ -239,7 +277,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         with replacing(self.checkpoint) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-        self.student.save(self.output)
+        with outside_distribution():
+            self.student.save(self.output)
 
 
 def restore_checkpoint(path, student, trainer):
@@ -270,15 +309,105 @@ def _silent(*args, **kwargs):
     """The `print_fn` of the processes other than the chief."""
 
 
-def head_accuracies(model, pixel_values, labels, batch_size):
-    """{output name: accuracy} of every classification head on (pixel_values, labels)."""
+HEAD_OUTPUTS = ("logits", "cls_logits", "distillation_logits")
+
+
+def _head_hits(model, pixel_values, labels, batch_size):
+    """{output name: correct predictions} of every head on one batch of images."""
     labels = np.asarray(labels)
     # Padded to whole batches (several devices split every batch evenly); the pad is dropped.
     pad = -len(labels) % batch_size
     pixel_values = np.concatenate([pixel_values, np.zeros_like(pixel_values[:1]).repeat(pad, 0)])
     outputs = model.predict(pixel_values, batch_size=batch_size, verbose=0)
-    return {name: float(np.mean(np.argmax(np.asarray(outputs[name])[:len(labels)], -1) == labels))
-            for name in ("logits", "cls_logits", "distillation_logits") if name in outputs}
+    return {name: int(np.sum(np.argmax(np.asarray(outputs[name])[:len(labels)], -1) == labels))
+            for name in HEAD_OUTPUTS if name in outputs}
+
+
+def head_accuracies(model, dataset, batch_size):
+    """({output name: accuracy}, images scored) of every head over a dataset of (pixel_values
+    (b, H, W, 3), labels (b,) int or (b, classes) one-hot) batches, one batch in memory."""
+    totals, count = {}, 0
+    for pixels, labels in dataset:
+        labels = np.asarray(labels)
+        labels = labels.argmax(-1) if labels.ndim == 2 else labels
+        for name, value in _head_hits(model, np.asarray(pixels), labels, batch_size).items():
+            totals[name] = totals.get(name, 0) + value
+        count += len(labels)
+    return {name: value / max(count, 1) for name, value in totals.items()}, count
+
+
+class EpochSpeed(keras.callbacks.Callback):
+    """Adds `images_per_second` (the epoch's training steps x `batch_size` over its wall
+    time, validation included) to the epoch logs, so Keras' per-epoch line and the CSV log
+    show it."""
+
+    # Keras may run batch ends in worker threads (no device sync per step); it waits for
+    # them before `on_epoch_end`. list.append is atomic.
+    async_safe = True
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size, self.start, self.ends = batch_size, None, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.ends = time.perf_counter(), []
+
+    def on_train_batch_end(self, batch, logs=None):
+        # At the end: a stream that runs out begins one more step than it trains.
+        self.ends.append(batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.start is not None:
+            logs["images_per_second"] = len(self.ends) * self.batch_size / max(
+                time.perf_counter() - self.start, 1e-9)
+
+
+class StreamEpoch(keras.callbacks.Callback):
+    """Sets the stream's epoch (its permutation is seed + epoch) to fit's at each epoch's
+    start, so a resumed run reads what an uninterrupted one would; over a `repeated`
+    dataset only at the first (the repeat moves it on; later sets would race the prefetch)."""
+
+    def __init__(self, stream, initial_epoch, repeated):
+        super().__init__()
+        self.stream, self.initial_epoch, self.repeated = stream, initial_epoch, repeated
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.repeated or epoch == self.initial_epoch:
+            self.stream.epoch = epoch
+
+
+class CtrlC(keras.callbacks.Callback):
+    """Ctrl-C during `fit` as a flag: the handler only records it, and the next batch (of
+    training or validation) raises KeyboardInterrupt on the main thread, between steps and
+    never inside a checkpoint. Python's own KeyboardInterrupt can land inside the data
+    pipeline's iterator (JAX's data adapter over a repeated tf.data stream), where it is lost
+    and training goes on. A second Ctrl-C raises at once. Use as `with CtrlC() as ctrl_c:`."""
+
+    def __init__(self):
+        super().__init__()
+        self.pressed, self.previous = False, None
+
+    def _handler(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __enter__(self):
+        # Signal handlers can only be set from the main thread; elsewhere Python's stays.
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _raise_if_pressed(self, *args, **kwargs):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    on_epoch_begin = on_train_batch_begin = on_test_batch_begin = _raise_if_pressed
 
 
 def _check_choices(recipe, distillation, epochs, batch_size, image_size, lora, output):
@@ -329,29 +458,28 @@ def train_folder(data_dir, output, model="deit-digits", teacher=None, distillati
         Everything else as `keras-deit train --help` says.
 
     Returns:
-        A dict: `accuracy` ({head: validation accuracy}), `epochs`, `skipped` (paths),
-        `output`.
+        A dict: `accuracy` ({head: validation accuracy}), `epochs`, `skipped`
+        ({"unreadable": reads, "too_large": reads} of this process's streams), `output`.
     """
     options = dict(locals())
     from keras_deit.training.distribution import configure
 
-    cluster = options.pop("cluster") or configure(seed=seed)
-    # The model, optimizer and fit in the cluster's scope (MirroredStrategy / DataParallel).
-    with cluster.scope():
-        return _train(cluster=cluster, **options)
+    options["cluster"] = options["cluster"] or configure(seed=seed)
+    return _train(**options)
 
 
 def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, image_size, lora,
            recipe, resume, from_scratch, validation_split, ema_decay, learning_rate,
            base_learning_rate, warmup_epochs, seed, verbose, print_fn, cluster):
-    """`train_folder` inside `cluster.scope()`."""
+    """`train_folder` with its cluster. The model, optimizer and fit are in `cluster.scope()`
+    (MirroredStrategy / DataParallel); the streams outside it (their counters are plain
+    `tf.Variable`s, no strategy's)."""
     from keras_deit.atomic import replacing
-    from keras_deit.training.augmentation import deit_train_dataset
     from keras_deit.training.distillation import DeiTDistiller
+    from keras_deit.training.image_folder import deit_stream, processor_stream
     from keras_deit.models import DeiTForImageClassificationWithTeacher
     from keras_deit.training.recipe import DEIT_MAIN_DEFAULTS, training_plan
     from keras_deit.training.fine_tuning import deit_adamw
-    import tensorflow as tf
 
     output = os.fspath(output)
     _check_choices(recipe, distillation, epochs, batch_size, image_size, lora, output)
@@ -364,36 +492,24 @@ def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, i
                          "run removes it): run without --resume to start training.")
     folder = list_image_folder(data_dir, validation_split, seed)
     num_classes = len(folder.class_names)
+    if not folder.val_paths:
+        raise ValueError(f"{data_dir} leaves no validation image: add images, or a val/ folder.")
+    _check_readable(folder, data_dir)
     local_batch = cluster.local_batch_size(batch_size)
     if not cluster.is_chief:
         print_fn = _silent
-    if cluster.num_processes > 1:
-        # Each process reads its own equal share of the training images (same steps each).
-        share = len(folder.train_paths) // cluster.num_processes * cluster.num_processes
-        rank, step = cluster.process_index, cluster.num_processes
-        folder.train_paths = folder.train_paths[:share][rank::step]
-        folder.train_labels = folder.train_labels[:share][rank::step]
-    train_images, train_labels, skipped = read_images(folder.train_paths, folder.train_labels)
-    val_images, val_labels, val_skipped = read_images(folder.val_paths, folder.val_labels)
-    skipped += val_skipped
-    missing = sorted(set(range(num_classes)) - set(train_labels))
-    if missing:
-        raise ValueError(f"no readable training image in the class folder(s) "
-                         f"{[folder.class_names[i] for i in missing]} ({len(skipped)} unreadable "
-                         f"files, e.g. {skipped[0][1] if skipped else ''}).")
-    if not val_images:
-        raise ValueError(f"{data_dir} leaves no validation image: add images, or a val/ folder.")
     drop_path = DEIT_MAIN_DEFAULTS["drop_path"] if recipe == "deit" else None
-    student, processor = build_student(model, folder.class_names, image_size, from_scratch,
-                                       drop_path, seed)
-    distilled = teacher is not None and distillation != "none"
-    if distilled and not isinstance(student, DeiTForImageClassificationWithTeacher):
-        raise ValueError(f"--teacher with --distillation {distillation} needs a student with a "
-                         f"distillation head; {model} is a {type(student).__name__}: use a "
-                         "distilled DeiT, or --distillation none.")
-    teacher_model = teacher_processor = None
-    if distilled:
-        teacher_model, teacher_processor = load_teacher(teacher, num_classes)
+    with cluster.scope():
+        student, processor = build_student(model, folder.class_names, image_size, from_scratch,
+                                           drop_path, seed)
+        distilled = teacher is not None and distillation != "none"
+        if distilled and not isinstance(student, DeiTForImageClassificationWithTeacher):
+            raise ValueError(f"--teacher with --distillation {distillation} needs a student with "
+                             f"a distillation head; {model} is a {type(student).__name__}: use a "
+                             "distilled DeiT, or --distillation none.")
+        teacher_model = teacher_processor = None
+        if distilled:
+            teacher_model, teacher_processor = load_teacher(teacher, num_classes)
     size = student.config.image_hw[0]
     existing = paths["preprocessor"]
     if os.path.isfile(existing):
@@ -403,92 +519,130 @@ def _train(data_dir, output, model, teacher, distillation, epochs, batch_size, i
                                  "another folder (predict reads the preprocessor_config.json "
                                  "beside the model).")
 
-    # ---- data ---------------------------------------------------------------------------
-    val_pixels = processor(val_images, return_tensors="np")["pixel_values"]
+    # ---- data: streamed from the files, this process's shard of every epoch --------------
+    shard = dict(num_replicas=cluster.num_processes, rank=cluster.process_index)
     if recipe == "deit":
-        pictures = np.stack([np.asarray(image.resize((size, size), 3)) for image in train_images])
-        train_ds = deit_train_dataset(pictures, train_labels, num_classes, local_batch, size,
-                                      processor.image_mean, processor.image_std, seed=seed)
-        val_targets = np.eye(num_classes, dtype="float32")[val_labels]
-        metric = "categorical_accuracy"
+        # Augmented with seed + rank (the stream's rule): each process draws its own crops.
+        train = deit_stream(folder.train_paths, folder.train_labels, num_classes, local_batch,
+                            size, processor.image_mean, processor.image_std, seed=seed, **shard)
+        targets, metric = num_classes, "categorical_accuracy"
     else:
-        pixels = processor(train_images, return_tensors="np")["pixel_values"]
-        train_ds = (tf.data.Dataset.from_tensor_slices((pixels, np.asarray(train_labels, "int32")))
-                    .shuffle(len(pixels), seed=seed).batch(local_batch, drop_remainder=True))
-        val_targets = np.asarray(val_labels, "int32")
-        metric = "sparse_categorical_accuracy"
-    steps = int(train_ds.cardinality())
+        train = processor_stream(folder.train_paths, folder.train_labels, processor,
+                                 local_batch, shuffle=True, drop_remainder=True, seed=seed,
+                                 **shard)
+        targets, metric = None, "sparse_categorical_accuracy"
+    # deit's RASampler keeps the epoch's length: ceil(images / processes) per process.
+    steps = train.length // local_batch
     if steps < 1:
-        raise ValueError(f"{len(train_labels)} training images make no full batch of "
+        raise ValueError(f"{len(folder.train_paths)} training images make no full batch of "
                          f"{batch_size}: lower --batch-size.")
     # Several devices split every batch evenly: the fit-time validation keeps full batches
     # only (the summary below scores every image).
     several = cluster.num_devices > 1
-    val_ds = tf.data.Dataset.from_tensor_slices((val_pixels, val_targets)).batch(
-        local_batch, drop_remainder=several)
-    if several and len(val_labels) < local_batch:
-        val_ds = None
+    val = processor_stream(folder.val_paths, folder.val_labels, processor, local_batch,
+                           drop_remainder=several, targets=targets)
+    val_ds = None if several and len(folder.val_paths) < local_batch else val.dataset
+    score = (processor_stream(folder.val_paths, folder.val_labels, processor, local_batch,
+                              targets=targets) if several else val)
 
-    # ---- model, optimizer, state ----------------------------------------------------------
-    if lora:
-        student.enable_lora(lora)
-    optimizer = deit_adamw(plan.schedule(steps), DEIT_MAIN_DEFAULTS["weight_decay"],
-                           **(dict(use_ema=True, ema_momentum=ema_decay) if ema_decay else {}))
-    if distilled:
-        trainer = DeiTDistiller(student, teacher_model, distillation,
-                                teacher_preprocessing=_teacher_preprocessing(
-                                    processor, teacher_processor,
-                                    teacher_model.config.image_hw[0]))
-    else:
+    # ---- model, optimizer, state (in the cluster's scope) ---------------------------------
+    with cluster.scope():
+        if lora:
+            student.enable_lora(lora)
+        optimizer = deit_adamw(
+            plan.schedule(steps), DEIT_MAIN_DEFAULTS["weight_decay"],
+            **(dict(use_ema=True, ema_momentum=ema_decay) if ema_decay else {}))
         trainer = student
-    trainer.compile(optimizer=optimizer, metrics=[metric])
-    initial_epoch = 0
-    if resume:
-        initial_epoch = restore_checkpoint(paths["checkpoint"], student, trainer)
-        if initial_epoch >= epochs:
-            raise ValueError(f"--resume: the checkpoint has {initial_epoch} epochs done; ask "
-                             f"for more than {initial_epoch} with --epochs.")
-    elif os.path.isfile(paths["checkpoint"]):
-        print_fn(f"starting over: {paths['checkpoint']} (an interrupted run) will be replaced; "
-                 "pass --resume to continue it instead")
+        if distilled:
+            trainer = DeiTDistiller(student, teacher_model, distillation,
+                                    teacher_preprocessing=_teacher_preprocessing(
+                                        processor, teacher_processor,
+                                        teacher_model.config.image_hw[0]))
+        trainer.compile(optimizer=optimizer, metrics=[metric])
+        initial_epoch = 0
+        if resume:
+            initial_epoch = restore_checkpoint(paths["checkpoint"], student, trainer)
+            if initial_epoch >= epochs:
+                raise ValueError(f"--resume: the checkpoint has {initial_epoch} epochs done; ask "
+                                 f"for more than {initial_epoch} with --epochs.")
+        elif os.path.isfile(paths["checkpoint"]):
+            print_fn(f"starting over: {paths['checkpoint']} (an interrupted run) will be "
+                     "replaced; pass --resume to continue it instead")
+        # Built on a batch of zeros (metrics and loss too): otherwise `fit` builds them from a
+        # first batch of an iteration of the stream that it then drops (JAX, PyTorch), which
+        # would count its reads in flight as skipped.
+        targets_shape = (local_batch,) if targets is None else (local_batch, targets)
+        trainer.test_on_batch(np.zeros((local_batch, size, size, 3), "float32"),
+                              np.zeros(targets_shape, "int32" if targets is None else "float32"))
+        trainer.reset_metrics()
 
-    # ---- train ----------------------------------------------------------------------------
-    callbacks = []
-    if cluster.is_chief:  # The other processes write nothing.
-        with replacing(existing) as tmp:
-            processor.to_json_file(tmp)
-        # The log first: an epoch's row is written before its checkpoint, so a run
-        # interrupted after a checkpoint has logged every epoch it holds.
-        callbacks = [keras.callbacks.CSVLogger(paths["log"], append=resume),
-                     EpochCheckpoint(student, paths["checkpoint"], output)]
-    if cluster.is_chief and importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False,
-                                                     profile_batch=0))
-    print_fn(f"training {type(student).__name__} on {len(train_labels)} images of "
-             f"{num_classes} classes ({len(val_labels)} for validation), recipe {recipe}"
-             f"{f', teacher {teacher} ({distillation})' if distilled else ''}, "
-             f"{cluster.describe()}")
-    print_fn(plan.describe(steps))
-    # The dataset shuffles itself (fit's `shuffle` only applies to arrays, and warns).
-    trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                callbacks=callbacks, verbose=verbose, shuffle=False)
-    if lora:
-        from keras_deit.keras_native import merge_lora
+        # ---- train ------------------------------------------------------------------------
+        # First: the speed is in the logs before Keras prints and CSVLogger writes them.
+        repeated = cluster.num_processes > 1
+        callbacks = [ctrl_c := CtrlC(), StreamEpoch(train, initial_epoch, repeated),
+                     EpochSpeed(batch_size)]
+        if cluster.is_chief:  # The other processes write nothing.
+            with replacing(paths["preprocessor"]) as tmp:
+                processor.to_json_file(tmp)
+            # The log first: an epoch's row is written before its checkpoint, so a run
+            # interrupted after a checkpoint has logged every epoch it holds.
+            callbacks += [keras.callbacks.CSVLogger(paths["log"], append=resume),
+                          EpochCheckpoint(student, paths["checkpoint"], output)]
+        if cluster.is_chief and importlib.util.find_spec("tensorboard") is not None:
+            callbacks.append(keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False,
+                                                         profile_batch=0))
+        print_fn(f"training {type(student).__name__} on {len(folder.train_paths)} images of "
+                 f"{num_classes} classes ({len(folder.val_paths)} for validation), recipe {recipe}"
+                 f"{f', teacher {teacher} ({distillation})' if distilled else ''}, "
+                 f"{cluster.describe()}")
+        print_fn(plan.describe(steps))
+        # One process: each fit epoch iterates the stream once, so it is the stream's epoch
+        # (its permutation, exact skip counts, as many full batches as readable images make).
+        # Several: `steps` per epoch over the repeated stream, so every process takes the
+        # same steps whatever files it skips (a short epoch borrows from the next).
+        data, steps_per_epoch = train.dataset, None
+        if repeated:
+            data, steps_per_epoch = train.dataset.repeat(), steps
+        # The stream shuffles itself (fit's `shuffle` only applies to arrays, and warns).
+        with ctrl_c, warnings.catch_warnings():
+            # Keras warns at the end of every dataset of unknown length (the streams'
+            # length depends on the files skipped).
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            trainer.fit(data, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+                        epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                        verbose=verbose, shuffle=False)
+        if lora:
+            from keras_deit.keras_native import merge_lora
 
-        student = merge_lora(student)
+            student = merge_lora(student)
+            if cluster.is_chief:
+                with outside_distribution():
+                    student.save(output)
         if cluster.is_chief:
-            student.save(output)
-    if cluster.is_chief:
-        os.remove(paths["checkpoint"])
+            os.remove(paths["checkpoint"])
 
-    # ---- summary --------------------------------------------------------------------------
-    accuracy = head_accuracies(student, val_pixels, val_labels, local_batch)
+    # ---- summary ------------------------------------------------------------------------------
+    scorer, scope = student, cluster.scope()
+    if cluster.num_processes > 1:
+        # Outputs spread over several processes cannot be fetched by one: each scores a
+        # copy of its own, outside the cluster.
+        scorer, scope = type(student).from_config(student.get_config()), contextlib.nullcontext()
+        for mine, trained in zip(scorer.weights, student.weights):
+            mine.assign(ops.convert_to_numpy(trained.value))
+    with scope:
+        accuracy, scored = head_accuracies(scorer, score.dataset, local_batch)
     print_fn(f"wrote {output} ({epochs} epoch{'s' * (epochs != 1)}); validation accuracy on "
-             f"{len(val_labels)} "
-             "images: " + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
-    if skipped:
-        print_fn(f"skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0][1]}")
-    return dict(accuracy=accuracy, epochs=epochs, skipped=[p for p, _ in skipped], output=output)
+             f"{scored} images: "
+             + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items()))
+    streams = {id(stream): stream for stream in (train, val, score)}.values()
+    skipped = {kind: sum(stream.skipped[kind] for stream in streams)
+               for kind in ("unreadable", "too_large")}
+    if sum(skipped.values()):
+        print_fn(f"skipped {skipped['unreadable']} unreadable image read(s) and "
+                 f"{skipped['too_large']} over Pillow's pixel limit ({MAX_IMAGE_PIXELS} "
+                 "pixels) in training and validation (each read counts: a file read every "
+                 "epoch counts every time)")
+    return dict(accuracy=accuracy, epochs=epochs, skipped=skipped, output=output)
 
 
 # ---- command line (`keras-deit train`) ---------------------------------------------------------
