@@ -1,13 +1,16 @@
-"""`keras-deit train` on scikit-learn's digits from the built-in model's architecture.
+"""`keras-deit train` over a grid: light vs DeiT's recipe, without and with a teacher, seeds.
 
     python benchmarks/digits_train.py WORK_DIR [--epochs 60] [--seeds 0 1 2] [--backend jax]
         [--logs-to benchmarks/digits_grid]
+    python benchmarks/digits_train.py WORK_DIR --data SHAPES --fine-tune --teacher TEACHER.keras
+        --epochs 10 --batch-size 8 --lr 1e-4
 
-Writes the digits folder (benchmarks/digits_folder.py) to WORK_DIR/digits, then runs
-`keras-deit train WORK_DIR/digits --model deit-digits --from-scratch` for each recipe (deit,
-light), without and with the built-in model as a hard-distillation teacher (trained on train/
-only, so it never saw val/), and each seed; prints each exact command and a markdown table of
-validation accuracy (averaged logits, class head, distillation head), mean over seeds.
+Without `--data`: writes the digits folder (benchmarks/digits_folder.py) to WORK_DIR/digits and
+trains the built-in model's architecture from scratch (`--model deit-digits --from-scratch`),
+with the built-in model as the hard-distillation teacher (trained on train/ only, so it never
+saw val/). `--fine-tune` starts from the trained `--model` instead. Runs each recipe (light,
+deit) without and with the teacher, for each seed; prints each exact command and a markdown
+table of validation accuracy (averaged logits, class head, distillation head), mean over seeds.
 `--logs-to` copies each run's per-epoch CSV log there as RECIPE-TEACHER-SEED.csv (notebook 06
 plots them).
 """
@@ -38,20 +41,28 @@ def run(command, env):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work_dir")
+    parser.add_argument("--data", help="a class folder (default: the digits, written here)")
+    parser.add_argument("--model", default="deit-digits")
+    parser.add_argument("--fine-tune", action="store_true",
+                        help="start from the trained --model (default: its architecture only)")
+    parser.add_argument("--teacher", default="deit-digits")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backend", default="jax")
-    parser.add_argument("--base-lr", default="1e-2")
+    parser.add_argument("--batch-size", default="64")
+    parser.add_argument("--base-lr", default="1e-2", help="deit's rule: x batch / 512")
+    parser.add_argument("--lr", help="the peak rate itself (instead of --base-lr)")
     parser.add_argument("--logs-to", help="a folder for the per-epoch CSV logs")
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.dirname(here)
     env = dict(os.environ, KERAS_BACKEND=args.backend,
                PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-    data = os.path.join(args.work_dir, "digits")
+    data = args.data or os.path.join(args.work_dir, "digits")
     if not os.path.isdir(data):
         subprocess.run([sys.executable, os.path.join(here, "digits_folder.py"), data], env=env,
                        check=True)
+    rate = ["--lr", args.lr] if args.lr else ["--base-lr", args.base_lr]
     rows = []
     for recipe in ("light", "deit"):
         for teacher in (False, True):
@@ -61,11 +72,13 @@ def main(argv=None):
                                    "model.keras")
                 os.makedirs(os.path.dirname(out), exist_ok=True)
                 command = [sys.executable, "-m", "keras_deit.cli", "train", data, out,
-                           "--model", "deit-digits", "--from-scratch", "--recipe", recipe,
-                           "--epochs", str(args.epochs), "--batch-size", "64", "--base-lr", args.base_lr,
-                           "--warmup-epochs", "1", "--seed", str(seed)]
+                           "--model", args.model, "--recipe", recipe, "--epochs", str(args.epochs),
+                           "--batch-size", args.batch_size, *rate, "--warmup-epochs", "1",
+                           "--seed", str(seed)]
+                if not args.fine_tune:
+                    command.append("--from-scratch")
                 if teacher:
-                    command += ["--teacher", "deit-digits", "--distillation", "hard"]
+                    command += ["--teacher", args.teacher, "--distillation", "hard"]
                 print("KERAS_BACKEND=" + args.backend, " ".join(command[1:]), flush=True)
                 accuracy, seconds = run(command, env)
                 print(f"  {accuracy} in {seconds:.0f} s", flush=True)
@@ -82,7 +95,7 @@ def main(argv=None):
         spread = [100 * np.std([r[h] for r in results]) for h in HEADS]
         seeds = ", ".join(f"{100 * r['logits']:.1f}" for r in results)
         cells = " | ".join(f"{m:.1f} +- {s:.1f}" for m, s in zip(means, spread))
-        print(f"| {recipe} | {'deit-digits (hard)' if teacher else 'none'} | {cells} | {seeds} |")
+        print(f"| {recipe} | {args.teacher + ' (hard)' if teacher else 'none'} | {cells} | {seeds} |")
 
 
 if __name__ == "__main__":
