@@ -340,8 +340,8 @@ def export_command(args, out=None):
 def run():
     """The `keras-deit` process: `main`, then exit with its code. An interrupted `train` (130)
     exits at once: its files are complete by then, and the interrupted data pipeline's threads
-    (seen once on a loaded machine: a Ctrl-C'd run still alive 120 s later) must not hold the
-    interpreter's shutdown."""
+    must not hold the interpreter's shutdown (seen on a loaded machine: a run that had printed
+    its interrupt message was still alive 300 s later)."""
     code = main()
     if code == 130:
         sys.stdout.flush()

@@ -37,10 +37,9 @@ from keras_deit.inference import load_classifier
 from keras_deit.training.recipe import DISTILLATION_CHOICES, RECIPES
 
 from keras_deit.training.image_folder import (IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS,
-                                              class_images, find_classes)
+                                              class_images, find_classes, first_readable)
 
 # The formats the stream decodes (`image_folder.declared_shape`), as Pillow names them.
-STREAM_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 # The classifier layers, replaced when the folder's classes differ from the checkpoint's.
 HEAD_LAYERS = ("classifier", "cls_classifier", "distillation_classifier")
 
@@ -113,24 +112,6 @@ def list_image_folder(data_dir, validation_split=0.1, seed=0):
                          "two or more.")
     return ImageFolder(names, [p for p, _ in pairs], [i for _, i in pairs],
                        [p for p, _ in val_pairs], [i for _, i in val_pairs])
-
-
-def first_readable(paths):
-    """The first of `paths` whose header the stream accepts (a JPEG, PNG, GIF or BMP within
-    `MAX_IMAGE_PIXELS`), or None. Reads headers only, and stops at the first that passes."""
-    from PIL import Image
-
-    for path in paths:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
-                    if (image.format in STREAM_FORMATS
-                            and image.width * image.height <= MAX_IMAGE_PIXELS):
-                        return path
-        except (OSError, ValueError, Image.DecompressionBombError):
-            continue
-    return None
 
 
 def _check_readable(folder, data_dir):

@@ -13,6 +13,7 @@ counted (`ImageStream.skipped`); the epoch goes on.
 
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -23,6 +24,26 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Pillow's default `Image.MAX_IMAGE_PIXELS` (1024 * 1024 * 1024 // 4 // 3): above it Pillow
 # warns of a decompression bomb.
 MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+# The formats `declared_shape` reads and the stream decodes, as Pillow names them.
+STREAM_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+
+
+def first_readable(paths):
+    """The first of `paths` whose header the stream accepts (a JPEG, PNG, GIF or BMP within
+    `MAX_IMAGE_PIXELS`), or None. Reads headers only, and stops at the first that passes."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    if (image.format in STREAM_FORMATS
+                            and image.width * image.height <= MAX_IMAGE_PIXELS):
+                        return path
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return None
 
 
 def find_classes(folder):
